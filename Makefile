@@ -1,0 +1,34 @@
+# tensorwire: `make demo` and `make test` work on a fresh machine (Python 3.11+, pip, make).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench chaos clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]'
+	# The CPU build of torch lies on these machines' disk; without it torch tests skip.
+	$(BIN)/pip install -q torch==2.13.0 || echo "torch unavailable: torch-backend tests will be skipped"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tensorwire diagnose --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/pip install -q ruff mypy
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/seed_baseline.py --json bench-seed.json
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,209 @@
+"""A message: one MessagePack header frame plus one raw frame per tensor.
+
+Header = {"v": PROTOCOL_VERSION, "m": meta, "p": payload}. In the payload every
+tensor is an ExtType(TENSOR) holding [dtype, shape, order, location], where
+location is the index of its raw frame, or a channel descriptor (shared memory)
+resolved by the receiver. Tensor bytes never pass through msgpack, and nothing
+received is ever unpickled or evaluated: the only types that come out are
+msgpack's own, complex numbers and numpy arrays of the dtypes in _dtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..errors import ProtocolError
+from ._dtypes import dtype_name, wire_dtype
+from ._limits import DEFAULT_LIMITS, Limits
+from ._tensors import tensor_kind, to_numpy
+
+PROTOCOL_VERSION = 1
+EXT_TENSOR = 1
+EXT_COMPLEX = 2
+
+# A placer may put a tensor somewhere other than a frame (shared memory):
+# it returns (descriptor, path name) or None to use a frame.
+Placer = Callable[[np.ndarray], tuple[Any, str] | None]
+# A resolver turns a received descriptor into a buffer of exactly nbytes.
+Resolver = Callable[[Any, int], Any]
+
+FRAME_PATH = "frame"
+COPIED_PATH = "frame(copied: non-contiguous)"
+
+
+@dataclass
+class Encoded:
+    frames: list[Any]
+    paths: list[str] = field(default_factory=list)
+
+
+def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
+    """A flat uint8 view of the array's bytes, its order, and whether we had to copy."""
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.flags.c_contiguous:
+        return arr.reshape(-1).view(np.uint8), "C", False
+    if arr.flags.f_contiguous:
+        return arr.T.reshape(-1).view(np.uint8), "F", False
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8), "C", True
+
+
+def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = None) -> Encoded:
+    """Encode a message; tensors become out-of-band frames (or channel descriptors)."""
+    out = Encoded(frames=[b""])
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, complex):
+            return msgpack.ExtType(EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
+        if isinstance(obj, np.generic):
+            obj = np.asarray(obj)
+        if tensor_kind(obj) is None:
+            raise ProtocolError(f"cannot send a value of type {type(obj).__name__}")
+        return _encode_tensor(to_numpy(obj), out, placer)
+
+    header = {"v": PROTOCOL_VERSION, "m": meta, "p": payload}
+    try:
+        out.frames[0] = msgpack.packb(header, default=default)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode message: {exc}") from exc
+    return out
+
+
+def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgpack.ExtType:
+    name = dtype_name(arr.dtype)
+    shape = list(arr.shape)
+    placed = placer(arr) if placer is not None else None
+    if placed is not None:
+        location, path = placed
+        ref = [name, shape, "C", location]
+    else:
+        flat, order, copied = _contiguous_bytes(arr)
+        ref = [name, shape, order, len(out.frames)]
+        out.frames.append(flat)
+        path = COPIED_PATH if copied else FRAME_PATH
+    out.paths.append(path)
+    return msgpack.ExtType(EXT_TENSOR, msgpack.packb(ref))
+
+
+@dataclass
+class Decoded:
+    meta: dict[str, Any]
+    payload: Any
+
+
+def decode(
+    frames: Sequence[Any],
+    limits: Limits = DEFAULT_LIMITS,
+    resolver: Resolver | None = None,
+) -> Decoded:
+    """Decode and validate a message. Every problem is a ProtocolError naming it."""
+    if not frames:
+        raise ProtocolError("empty message")
+    if len(frames) > limits.max_frames:
+        raise ProtocolError(f"message has {len(frames)} frames; the limit is {limits.max_frames}")
+    header = memoryview(frames[0])
+    if header.nbytes > limits.max_header_bytes:
+        raise ProtocolError(
+            f"header is {header.nbytes} bytes; the limit is {limits.max_header_bytes}"
+        )
+    state = _DecodeState(frames, limits, resolver)
+    try:
+        obj = msgpack.unpackb(header, ext_hook=state.ext_hook, raw=False, strict_map_key=True)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for malformed input
+        raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
+    return _check_header(obj, state)
+
+
+def _check_header(obj: Any, state: _DecodeState) -> Decoded:
+    if not isinstance(obj, dict) or "v" not in obj:
+        raise ProtocolError("header is not a tensorwire message")
+    if obj["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {obj['v']!r} received; this side speaks {PROTOCOL_VERSION}"
+        )
+    meta = obj.get("m")
+    if not isinstance(meta, dict):
+        raise ProtocolError("header has no meta map")
+    unused = set(range(1, len(state.frames))) - state.used
+    if unused:
+        raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
+    return Decoded(meta=meta, payload=obj.get("p"))
+
+
+class _DecodeState:
+    def __init__(self, frames: Sequence[Any], limits: Limits, resolver: Resolver | None):
+        self.frames = frames
+        self.limits = limits
+        self.resolver = resolver
+        self.used: set[int] = set()
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_COMPLEX:
+            parts = msgpack.unpackb(data)
+            if not (isinstance(parts, list) and len(parts) == 2):
+                raise ProtocolError("malformed complex number")
+            return complex(*parts)
+        if code == EXT_TENSOR:
+            return self.tensor(msgpack.unpackb(data, raw=False))
+        raise ProtocolError(f"unknown extension type {code}")
+
+    def tensor(self, ref: Any) -> np.ndarray:
+        if not (isinstance(ref, list) and len(ref) == 4):
+            raise ProtocolError("malformed tensor reference")
+        name, shape, order, location = ref
+        dtype = wire_dtype(name)
+        nbytes = self._checked_nbytes(shape, dtype.itemsize)
+        if order not in ("C", "F"):
+            raise ProtocolError(f"tensor order must be 'C' or 'F', got {order!r}")
+        buf = self._buffer(location, nbytes)
+        if nbytes == 0:
+            return np.empty(shape, dtype=dtype, order=order)
+        arr = np.frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize)
+        return arr.reshape(shape, order=order)
+
+    def _checked_nbytes(self, shape: Any, itemsize: int) -> int:
+        if not isinstance(shape, list) or len(shape) > self.limits.max_ndim:
+            raise ProtocolError(f"tensor shape must be a list of at most "
+                                f"{self.limits.max_ndim} dims, got {_short(shape)}")
+        count = 1
+        for dim in shape:
+            if type(dim) is not int or dim < 0:
+                raise ProtocolError(f"tensor shape {_short(shape)} has an invalid dim {dim!r}")
+            count *= dim  # Python ints: no overflow
+        nbytes = count * itemsize
+        if nbytes > self.limits.max_tensor_bytes:
+            raise ProtocolError(
+                f"tensor of shape {_short(shape)} needs {nbytes} bytes; "
+                f"the limit is {self.limits.max_tensor_bytes}"
+            )
+        return nbytes
+
+    def _buffer(self, location: Any, nbytes: int) -> Any:
+        if type(location) is not int:
+            if self.resolver is None:
+                raise ProtocolError("tensor lives in a channel this connection does not have")
+            return self.resolver(location, nbytes)
+        if not 1 <= location < len(self.frames):
+            raise ProtocolError(
+                f"tensor refers to frame {location}; the message has {len(self.frames)} frames"
+            )
+        if location in self.used:
+            raise ProtocolError(f"frame {location} is referenced twice")
+        self.used.add(location)
+        frame = self.frames[location]
+        size = memoryview(frame).nbytes
+        if size != nbytes:
+            raise ProtocolError(f"frame {location}: header says {nbytes} bytes, frame has {size}")
+        return frame
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
