@@ -12,6 +12,8 @@ from ._message import (
     Resolver,
     decode,
     encode,
+    encode_payload,
+    peek_meta,
 )
 from ._tensors import first_kind, from_numpy, restore_kind, tensor_kind, to_numpy
 
@@ -29,8 +31,10 @@ __all__ = [
     "decode",
     "dtype_name",
     "encode",
+    "encode_payload",
     "first_kind",
     "from_numpy",
+    "peek_meta",
     "restore_kind",
     "tensor_kind",
     "to_numpy",

@@ -1,6 +1,6 @@
 """A message: one MessagePack header frame plus one raw frame per tensor.
 
-Header = {"v": PROTOCOL_VERSION, "m": meta, "p": payload}. In the payload every
+Header = [PROTOCOL_VERSION, meta, payload] (a msgpack array). In the payload every
 tensor is an ExtType(TENSOR) holding [dtype, shape, order, location], where
 location is the index of its raw frame, or a channel descriptor (shared memory)
 resolved by the receiver. Tensor bytes never pass through msgpack, and nothing
@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._limits import DEFAULT_LIMITS, Limits
 from ._tensors import tensor_kind, to_numpy
@@ -29,8 +29,8 @@ EXT_COMPLEX = 2
 # A placer may put a tensor somewhere other than a frame (shared memory):
 # it returns (descriptor, path name) or None to use a frame.
 Placer = Callable[[np.ndarray], tuple[Any, str] | None]
-# A resolver turns a received descriptor into a buffer of exactly nbytes.
-Resolver = Callable[[Any, int], Any]
+# A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
+Resolver = Callable[[Any, int], tuple[Any, str]]
 
 FRAME_PATH = "frame"
 COPIED_PATH = "frame(copied: non-contiguous)"
@@ -38,8 +38,23 @@ COPIED_PATH = "frame(copied: non-contiguous)"
 
 @dataclass
 class Encoded:
-    frames: list[Any]
+    """An encoded payload: its msgpack bytes, the tensor frames, and each tensor's path."""
+
+    payload: bytes = b""
+    tensor_frames: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+
+    def frames(self, meta: dict[str, Any]) -> list[Any]:
+        """The message frames. Meta is packed last so it can carry the encode time."""
+        try:
+            packed_meta = msgpack.packb(meta)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"cannot encode message meta: {exc}") from exc
+        return [_HEADER_PREFIX + packed_meta + self.payload, *self.tensor_frames]
+
+
+# fixarray of 3 elements, then the version: [v, meta, payload] assembled by concatenation.
+_HEADER_PREFIX = b"\x93" + msgpack.packb(PROTOCOL_VERSION)
 
 
 def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
@@ -53,9 +68,9 @@ def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8), "C", True
 
 
-def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = None) -> Encoded:
-    """Encode a message; tensors become out-of-band frames (or channel descriptors)."""
-    out = Encoded(frames=[b""])
+def encode_payload(payload: Any, placer: Placer | None = None) -> Encoded:
+    """Encode a payload tree; tensors become out-of-band frames (or channel descriptors)."""
+    out = Encoded()
 
     def default(obj: Any) -> Any:
         if isinstance(obj, complex):
@@ -66,12 +81,16 @@ def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = No
             raise ProtocolError(f"cannot send a value of type {type(obj).__name__}")
         return _encode_tensor(to_numpy(obj), out, placer)
 
-    header = {"v": PROTOCOL_VERSION, "m": meta, "p": payload}
     try:
-        out.frames[0] = msgpack.packb(header, default=default)
+        out.payload = msgpack.packb(payload, default=default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
     return out
+
+
+def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = None) -> list[Any]:
+    """Encode a whole message: [header, tensor frames...]."""
+    return encode_payload(payload, placer).frames(meta)
 
 
 def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgpack.ExtType:
@@ -83,8 +102,8 @@ def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgp
         ref = [name, shape, "C", location]
     else:
         flat, order, copied = _contiguous_bytes(arr)
-        ref = [name, shape, order, len(out.frames)]
-        out.frames.append(flat)
+        ref = [name, shape, order, len(out.tensor_frames) + 1]
+        out.tensor_frames.append(flat)
         path = COPIED_PATH if copied else FRAME_PATH
     out.paths.append(path)
     return msgpack.ExtType(EXT_TENSOR, msgpack.packb(ref))
@@ -94,6 +113,7 @@ def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgp
 class Decoded:
     meta: dict[str, Any]
     payload: Any
+    paths: list[str] = field(default_factory=list)
 
 
 def decode(
@@ -122,19 +142,20 @@ def decode(
 
 
 def _check_header(obj: Any, state: _DecodeState) -> Decoded:
-    if not isinstance(obj, dict) or "v" not in obj:
+    if not isinstance(obj, list) or len(obj) != 3:
         raise ProtocolError("header is not a tensorwire message")
-    if obj["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {obj['v']!r} received; this side speaks {PROTOCOL_VERSION}"
+    version, meta, payload = obj
+    # Exact int check: a decoded tensor here would make `!=` elementwise (ValueError).
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"peer speaks tensorwire protocol {_short(version)}; this side speaks {PROTOCOL_VERSION}"
         )
-    meta = obj.get("m")
     if not isinstance(meta, dict):
         raise ProtocolError("header has no meta map")
     unused = set(range(1, len(state.frames))) - state.used
     if unused:
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
-    return Decoded(meta=meta, payload=obj.get("p"))
+    return Decoded(meta=meta, payload=payload, paths=state.paths)
 
 
 class _DecodeState:
@@ -143,6 +164,7 @@ class _DecodeState:
         self.limits = limits
         self.resolver = resolver
         self.used: set[int] = set()
+        self.paths: list[str] = []
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_COMPLEX:
@@ -189,7 +211,9 @@ class _DecodeState:
         if type(location) is not int:
             if self.resolver is None:
                 raise ProtocolError("tensor lives in a channel this connection does not have")
-            return self.resolver(location, nbytes)
+            buf, path = self.resolver(location, nbytes)
+            self.paths.append(path)
+            return buf
         if not 1 <= location < len(self.frames):
             raise ProtocolError(
                 f"tensor refers to frame {location}; the message has {len(self.frames)} frames"
@@ -201,9 +225,29 @@ class _DecodeState:
         size = memoryview(frame).nbytes
         if size != nbytes:
             raise ProtocolError(f"frame {location}: header says {nbytes} bytes, frame has {size}")
+        self.paths.append(FRAME_PATH)
         return frame
 
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def peek_meta(header: Any) -> dict[str, Any]:
+    """The meta map of a header that failed to decode, best effort; {} if unreadable.
+
+    Lets a receiver address its error reply to the right request id. Reads only
+    the version and meta, so a truncated or malformed payload does not hide them.
+    """
+    try:
+        unpacker = msgpack.Unpacker(raw=False, ext_hook=lambda code, data: None,
+                                    max_buffer_size=len(header) or 1)
+        unpacker.feed(header)
+        if unpacker.read_array_header() != 3:
+            return {}
+        unpacker.skip()
+        meta = unpacker.unpack()
+    except Exception:  # anything unreadable simply has no meta
+        return {}
+    return meta if isinstance(meta, dict) else {}

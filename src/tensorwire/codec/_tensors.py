@@ -52,10 +52,15 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
     t = t.detach()
     if t.is_conj():
         t = t.resolve_conj()
-    if t.dtype == torch.bfloat16:
-        # numpy has no native bfloat16: reinterpret the bits as ml_dtypes.bfloat16.
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
-    return t.numpy()  # type: ignore[no-any-return]
+    if t.is_neg():  # e.g. z.conj().imag: .numpy() refuses a lazy negation
+        t = t.resolve_neg()
+    try:
+        if t.dtype == torch.bfloat16:
+            # numpy has no native bfloat16: reinterpret the bits as ml_dtypes.bfloat16.
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
+        return t.numpy()  # type: ignore[no-any-return]
+    except (RuntimeError, TypeError) as exc:  # sparse, quantized, dtypes numpy lacks
+        raise ProtocolError(f"cannot send torch tensor ({t.dtype}, {t.layout}): {exc}") from exc
 
 
 def from_numpy(arr: np.ndarray, kind: str | None) -> Any:

@@ -1,0 +1,40 @@
+"""tensorwire: run tensor work on a GPU owned by another process, at close to hardware speed.
+
+    import tensorwire as tw
+    with tw.Server(listen=["ipc:///tmp/tw.sock"]) as server:
+        with tw.Client(server.url) as gpu:
+            c = gpu.matmul(a, b)
+"""
+
+from ._version import __version__
+from .client import Client
+from .errors import (
+    AuthError,
+    ConnectionClosed,
+    ProtocolError,
+    QuotaExceeded,
+    RemoteError,
+    ServerBusy,
+    TensorwireError,
+    TimeoutError,
+    TransportError,
+    VersionMismatch,
+)
+from .server import Server, register_op
+
+__all__ = [
+    "AuthError",
+    "Client",
+    "ConnectionClosed",
+    "ProtocolError",
+    "QuotaExceeded",
+    "RemoteError",
+    "Server",
+    "ServerBusy",
+    "TensorwireError",
+    "TimeoutError",
+    "TransportError",
+    "VersionMismatch",
+    "__version__",
+    "register_op",
+]

@@ -1,0 +1,39 @@
+"""Channel: moves tensor bytes between processes on one host through shared memory.
+
+Lifetime rules
+--------------
+- The server creates segments (:meth:`Segment.create`, :meth:`Arena.create`) and is the
+  only process that unlinks them: on ``close()``, when its Segment is garbage-collected,
+  or at interpreter exit. Keep a reference for as long as clients may attach.
+  A forked child of the creator never unlinks.
+- A client only attaches (:meth:`Segment.attach`) to a name the server gave it; attaching
+  validates the name (prefix, pid, 24 hex digits, no path separators), file type, owner
+  and size. An attacher's ``close()`` only unmaps; its exit removes nothing.
+- Names are unguessable (96 random bits), files are mode 0600, and space is reserved at
+  creation (a full /dev/shm raises :class:`ShmFullError` instead of a later SIGBUS).
+- Closing while arrays still view a segment is safe: the unmap waits for the last view.
+- Segment names never appear in error messages, which may be sent to a client.
+- :func:`sweep_stale` removes segments left by creators that died without cleaning up.
+- A :class:`Doorbell` (two FIFOs in a private directory) follows the same rules: the
+  server creates and removes it, the client attaches by name.
+- An :class:`Arena` has a fixed capacity; ``alloc`` returns ``None`` when nothing fits
+  and the caller sends that tensor as a frame instead.
+"""
+
+from ._arena import ALIGNMENT, Arena
+from ._doorbell import Doorbell
+from ._errors import ChannelError, SegmentRefused, ShmFullError
+from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
+
+__all__ = [
+    "ALIGNMENT",
+    "DEFAULT_DIRECTORY",
+    "DEFAULT_PREFIX",
+    "Arena",
+    "ChannelError",
+    "Doorbell",
+    "Segment",
+    "SegmentRefused",
+    "ShmFullError",
+    "sweep_stale",
+]

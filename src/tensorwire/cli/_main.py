@@ -1,0 +1,28 @@
+"""Entry point of the `tensorwire` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._version import __version__
+from . import _diagnose, _serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorwire", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tensorwire {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve.add_parser(sub)
+    _diagnose.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

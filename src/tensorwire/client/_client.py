@@ -1,0 +1,261 @@
+"""`tw.Client`: call ops on a server; numpy in -> numpy out, torch in -> torch out.
+
+Two paths, both on ZeroMQ DEALER sockets:
+- `call` runs on the calling thread with that thread's own socket: send, wait,
+  receive. No locks and no hand-off to another thread, so a small call costs
+  one wake-up of the server and one of us.
+- `submit` queues the request for a pump thread that owns one more socket and
+  keeps many requests in flight on it, completing futures as replies arrive.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from ..codec import decode, encode_payload, first_kind, peek_meta, restore_kind
+from ..errors import (
+    WIRE_ERRORS,
+    ConnectionClosed,
+    ProtocolError,
+    RemoteError,
+    TensorwireError,
+    TimeoutError,
+)
+from ..trace import build_trace
+from ..transport import Transport, client_socket, get_transport
+from ._pending import Pending, PendingTable
+
+TRANSPORTS = ("auto", "zmq")
+
+
+class Client:
+    """A connection to a tensorwire server."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        transport: str = "auto",
+        wire_dtype: str | None = None,
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if wire_dtype is not None:
+            raise ValueError(f"wire_dtype {wire_dtype!r} is not supported yet; use None")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self.url, self.timeout, self.transport = url, float(timeout), transport
+        self.last_trace: dict[str, Any] = {}
+        self._transport: Transport = get_transport(url)
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket[bytes]] = []
+        self._sockets_lock = threading.Lock()
+        self._pending = PendingTable()
+        self._outbox: deque[tuple[Pending, list[Any]]] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._pump: threading.Thread | None = None
+        try:
+            self.server_info: dict[str, Any] = self._request("hello", "", (), {})
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public surface -------------------------------------------------------------
+
+    def call(self, op: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run `op` on the server and return its result."""
+        return self._request("call", op, args, kwargs)
+
+    def submit(self, op: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Start `op` and return a Future; many may be in flight on one connection.
+
+        Do not modify an argument array until its future is done: it is sent
+        without a copy.
+        """
+        item, frames = self._prepare("call", op, args, kwargs)
+        if self._pump is None:
+            with self._sockets_lock:
+                if self._pump is None:
+                    self._pump = threading.Thread(target=self._pump_loop, daemon=True)
+                    self._pump.start()
+        self._pending.add(item.rid, item)
+        self._outbox.append((item, frames))
+        os.eventfd_write(self._wake, 1)
+        return item.future
+
+    def ops(self) -> list[dict[str, Any]]:
+        """The server's ops, each with name, signature, doc and category."""
+        result: list[dict[str, Any]] = self._request("ops", "", (), {})
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return functools.partial(self.call, name)
+
+    def close(self) -> None:
+        """Close every socket; requests still in flight fail with ConnectionClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        os.eventfd_write(self._wake, 1)
+        if self._pump is not None:
+            self._pump.join()
+        self._pending.fail_all(ConnectionClosed("client closed"))
+        with self._sockets_lock:
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self._sockets.clear()
+        self._ctx.term()
+        os.close(self._wake)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tensorwire.Client {self.url} {'closed' if self._closed else 'open'}>"
+
+    # -- the synchronous path -----------------------------------------------------------
+
+    def _request(self, kind: str, op: str, args: Any, kwargs: Any) -> Any:
+        item, frames = self._prepare(kind, op, args, kwargs)
+        sock = self._thread_socket()
+        sock.send_multipart(frames, copy=False)
+        item.sent_at = time.perf_counter()
+        item.send = item.sent_at - item.sent_at_start
+        while not item.future.done():
+            remaining = item.deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+                raise TimeoutError(
+                    f"request {item.rid} ({op or kind}): no reply from {self.url} "
+                    f"within {self.timeout:g} s"
+                )
+            self._complete(sock.recv_multipart(copy=False), {item.rid: item}.get)
+        return item.future.result()
+
+    def _thread_socket(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] | None = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._new_socket()
+            self._local.sock = sock
+        return sock
+
+    def _new_socket(self) -> zmq.Socket[bytes]:
+        if self._closed:
+            raise ConnectionClosed("client is closed")
+        sock = client_socket(self._ctx)
+        self._transport.connect(sock, self.url)
+        with self._sockets_lock:
+            self._sockets.append(sock)
+        return sock
+
+    # -- encoding and completing ------------------------------------------------------
+
+    def _prepare(self, kind: str, op: str, args: Any, kwargs: Any) -> tuple[Pending, list[Any]]:
+        if self._closed:
+            raise ConnectionClosed("client is closed")
+        t0 = time.perf_counter()
+        rid = next(self._ids)
+        payload = {"a": list(args), "kw": kwargs} if kind == "call" else None
+        encoded = encode_payload(payload)
+        frames = encoded.frames({"k": kind, "id": rid, "op": op})
+        t1 = time.perf_counter()
+        item = Pending(
+            rid=rid,
+            future=Future(),
+            deadline=time.monotonic() + self.timeout,
+            kind=first_kind(args) if kind == "call" else None,
+            request_paths=encoded.paths,
+            serialize=t1 - t0,
+            sent_at_start=t1,
+        )
+        return item, frames
+
+    def _complete(self, frames: list[Any], lookup: Any) -> None:
+        """Decode a reply and settle the future it answers (unknown ids are late: dropped)."""
+        received = time.perf_counter()
+        try:
+            decoded = decode(frames)
+        except ProtocolError as exc:
+            meta = peek_meta(frames[0] if frames else b"")
+            item = lookup(meta.get("id"))
+            if item is not None:
+                err = meta.get("err")
+                item.future.set_exception(_remote_exception(err) if err else exc)
+            return
+        item = lookup(decoded.meta.get("id"))
+        if item is None:
+            return
+        if not decoded.meta.get("ok"):
+            item.future.set_exception(_remote_exception(decoded.meta.get("err")))
+            return
+        result = restore_kind(decoded.payload, item.kind)
+        self.last_trace = build_trace(
+            serialize=item.serialize,
+            send=item.send,
+            wait=received - item.sent_at,
+            deserialize=time.perf_counter() - received,
+            server=decoded.meta.get("t"),
+            request_paths=item.request_paths,
+            reply_paths=decoded.paths,
+        )
+        item.future.set_result(result)
+
+    # -- the pump: one socket, many requests in flight --------------------------------
+
+    def _pump_loop(self) -> None:
+        sock = self._new_socket()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        while not self._closed:
+            deadline = self._pending.next_deadline()
+            wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+            events = dict(poller.poll(wait_ms))
+            if self._wake in events:
+                os.eventfd_read(self._wake)
+                self._send_outbox(sock)
+            while sock in events:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._complete(frames, self._pending.pop)
+            self._pending.expire(TimeoutError)
+
+    def _send_outbox(self, sock: zmq.Socket[bytes]) -> None:
+        while self._outbox:
+            item, frames = self._outbox.popleft()
+            sock.send_multipart(frames, copy=False)
+            item.sent_at = time.perf_counter()
+            item.send = item.sent_at - item.sent_at_start
+
+
+def _remote_exception(err: Any) -> TensorwireError:
+    if not isinstance(err, dict):
+        return ProtocolError("error reply without details")
+    code, kind, msg = err.get("code"), str(err.get("type", "Error")), str(err.get("msg", ""))
+    cls = WIRE_ERRORS.get(str(code))
+    return cls(msg) if cls is not None else RemoteError(kind, msg)

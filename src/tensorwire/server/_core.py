@@ -1,0 +1,147 @@
+"""The server loop: ROUTER sockets, a bounded queue, exactly one reply per request.
+
+One thread owns every socket. It drains whatever has arrived into a bounded
+queue (answering "busy" beyond it), then runs one request and replies. Running
+requests inline keeps small calls to one thread wake-up; the queue keeps one
+client's burst from starving the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ..codec import DEFAULT_LIMITS, Limits, decode, encode, encode_payload, peek_meta
+from ..errors import ServerBusy
+from ..trace import server_stages
+from ..transport import Transport, get_transport, server_socket
+from ._handlers import Handler, error_meta, parse_request
+from .ops import OpRegistry, default_registry, make_backend
+
+log = logging.getLogger("tensorwire.server")
+
+POLL_MS = 100  # how often a stop request is noticed while idle
+DRAIN_BATCH = 64  # messages taken from one socket per turn
+
+
+@dataclass
+class _Incoming:
+    sock: zmq.Socket[bytes]
+    ident: Any
+    frames: list[Any]
+    arrived: float
+
+
+class ServerCore:
+    """Binds the listen URLs and serves until `stop()`; used by CLI and tw.Server."""
+
+    def __init__(
+        self,
+        listen: list[str],
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        registry: OpRegistry | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        max_queue: int = 1024,
+    ) -> None:
+        if not listen:
+            raise ValueError("a server needs at least one listen URL")
+        self._transports: list[tuple[Transport, str]] = [(get_transport(u), u) for u in listen]
+        self.handler = Handler(registry or default_registry(), make_backend(backend, device))
+        self.limits = limits
+        self.max_queue = max_queue
+        self.urls: list[str] = []
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._socks: list[zmq.Socket[bytes]] = []
+        self._queue: deque[_Incoming] = deque()
+        self._stop = threading.Event()
+
+    def bind(self) -> list[str]:
+        self._ctx = zmq.Context()
+        try:
+            for transport, url in self._transports:
+                sock = server_socket(self._ctx, self.limits.max_message_bytes)
+                self._socks.append(sock)
+                self.urls.append(transport.bind(sock, url))
+        except BaseException:
+            self.close()
+            raise
+        return self.urls
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        for sock in self._socks:
+            poller.register(sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(0 if self._queue else POLL_MS))
+            for sock in self._socks:
+                if sock in ready:
+                    self._drain(sock)
+            if self._queue:
+                self._serve_one(self._queue.popleft())
+        while self._queue:  # answer everything already accepted before exiting
+            self._serve_one(self._queue.popleft())
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close(linger=0)
+        self._socks.clear()
+        for (transport, _), url in zip(self._transports, self.urls, strict=False):
+            transport.unbind_cleanup(url)
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                ident, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            item = _Incoming(sock, ident, frames, time.perf_counter())
+            if len(self._queue) >= self.max_queue:
+                busy = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
+                self._reply(item, encode(error_meta(peek_meta(frames[0] if frames else b"").get("id"), busy)))
+            else:
+                self._queue.append(item)
+
+    def _serve_one(self, item: _Incoming) -> None:
+        started = time.perf_counter()
+        rid = None
+        try:
+            decoded = decode(item.frames, self.limits)
+            request = parse_request(decoded.meta, decoded.payload)
+            rid = request.rid
+            deserialized = time.perf_counter()
+            result, compute = self.handler.handle(request)
+            encoded_at = time.perf_counter()
+            encoded = encode_payload(result)
+            done = time.perf_counter()
+            stages = server_stages(
+                started - item.arrived, deserialized - started, compute, done - encoded_at
+            )
+            frames = encoded.frames({"id": rid, "ok": True, "t": stages})
+        except Exception as exc:  # every failure becomes this caller's error reply
+            if rid is None:
+                rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
+            log.debug("request %r failed: %r", rid, exc)
+            frames = encode(error_meta(rid, exc))
+        self._reply(item, frames)
+
+    def _reply(self, item: _Incoming, frames: list[Any]) -> None:
+        try:
+            item.sock.send_multipart([item.ident, *frames], copy=False)
+        except zmq.Again:
+            log.warning("client is not reading its replies; reply dropped after HWM")
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
+            log.info("reply not delivered: %s", exc)

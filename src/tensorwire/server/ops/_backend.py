@@ -1,0 +1,75 @@
+"""The compute backend interface and `make_backend`, which picks one by name and device."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._table import Kernel
+
+BACKENDS = ("auto", "numpy", "torch")
+
+
+class Backend(ABC):
+    """Where ops run: converts wire arrays to native tensors and back, and holds the kernels."""
+
+    name: str  # "numpy" | "torch"
+    device: str  # "cpu", "cuda:0", ...
+    kernels: Mapping[str, Kernel]  # one per row of the op table, checked against it
+
+    @abstractmethod
+    def from_wire(self, arr: np.ndarray) -> Any:
+        """A numpy array from the codec -> a native tensor on this backend's device."""
+
+    @abstractmethod
+    def to_wire(self, value: Any) -> np.ndarray:
+        """A native tensor (or numpy array/scalar) -> a C- or F-contiguous numpy array."""
+
+    @abstractmethod
+    def is_tensor(self, value: Any) -> bool:
+        """Whether `value` is a tensor from_wire/to_wire deal with (not a list or scalar)."""
+
+    def synchronize(self) -> None:  # noqa: B027 (optional hook: CPU backends need nothing)
+        """Wait for queued device work; a no-op on the CPU."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} on {self.device}>"
+
+
+def contiguous(arr: np.ndarray) -> np.ndarray:
+    """`arr` itself when it is C- or F-contiguous, else a C-contiguous copy."""
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        return arr
+    return np.ascontiguousarray(arr)
+
+
+def make_backend(backend: str = "auto", device: str = "auto") -> Backend:
+    """A backend by name ("auto", "numpy", "torch") on a device ("auto", "cpu", "cuda[:N]").
+
+    "auto" picks torch when it is importable, else numpy; torch's "auto" device is
+    CUDA when available. Unknown names and unavailable devices raise ValueError.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    _check_device_name(device)
+    if backend == "auto":
+        backend = "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+    if backend == "numpy":
+        from ._numpy_backend import NumpyBackend
+
+        return NumpyBackend(device)
+    from ._torch_backend import TorchBackend
+
+    return TorchBackend(device)
+
+
+def _check_device_name(device: str) -> None:
+    if device in ("auto", "cpu", "cuda"):
+        return
+    prefix, _, index = device.partition(":")
+    if prefix != "cuda" or not index.isdigit():
+        raise ValueError(f"unknown device {device!r}; known: auto, cpu, cuda, cuda:N")

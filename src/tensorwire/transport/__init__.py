@@ -1,0 +1,17 @@
+"""Transports: move frames between client and server, chosen by URL scheme."""
+
+from ._base import Transport, get_transport, known_schemes, register_transport, scheme_of
+from ._zmq import HWM, IpcTransport, TcpTransport, client_socket, server_socket
+
+__all__ = [
+    "HWM",
+    "IpcTransport",
+    "TcpTransport",
+    "Transport",
+    "client_socket",
+    "get_transport",
+    "known_schemes",
+    "register_transport",
+    "scheme_of",
+    "server_socket",
+]

@@ -1,0 +1,91 @@
+"""Smoke tests for the benchmark scripts: they run, exit 0 and write well-formed JSON.
+
+They check shape, not speed: figures on a shared CI machine are too noisy to gate on here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+SEED_PATHS = ("tolist", "binary", "multipart")
+
+
+def _run(script: str, *args: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _positive_median(stats: dict[str, Any]) -> None:
+    assert stats["n"] >= 1
+    assert 0 < stats["p10"] <= stats["median"] <= stats["p90"]
+
+
+def _tensorwire_usable(report: dict[str, Any]) -> bool:
+    return bool(report["tensorwire"]["available"])
+
+
+@pytest.mark.timeout(60)
+def test_seed_baseline_quick(tmp_path: Path) -> None:
+    out = tmp_path / "seed.json"
+    proc = _run("seed_baseline.py", "--quick", "--sizes", "1KB,64KB", "--json", str(out))
+    assert "Targets" in proc.stdout and "Round trip" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "tensorwire", "results", "ratios", "targets"} <= set(report)
+    assert report["machine"]["cpu_count"] >= 1
+    assert set(report["results"]) == {"ipc", "tcp"}
+    for transport, tres in report["results"].items():
+        for key in ("pingpong_1B", "pingpong_1KB", "multipart_1KB"):
+            _positive_median(tres["limits"][key])
+        assert set(tres["sizes"]) == {"1 KB", "64 KB"}
+        for label, sres in tres["sizes"].items():
+            for path in SEED_PATHS:
+                _positive_median(sres["round_trip"][path])
+                assert sres["stages"][path]["total"] > 0
+            if _tensorwire_usable(report):
+                _positive_median(sres["round_trip"]["tw_zmq"])
+            ratios = report["ratios"][transport][label]
+            assert ratios["tolist"]["vs_tolist"] == pytest.approx(1.0)
+            assert ratios["multipart"]["vs_multipart"] == pytest.approx(1.0)
+    statuses = {t["status"] for t in report["targets"]}
+    assert statuses <= {"PASS", "FAIL", "SKIP"}
+    assert len(report["targets"]) >= 4
+
+
+@pytest.mark.timeout(60)
+def test_peers_quick(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    _run("peers.py", "--quick", "--sizes", "1KB,64KB", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "skipped", "results"} <= set(report)
+    for label in ("1 KB", "64 KB"):
+        res = report["results"][label]
+        _positive_median(res["round_trip"]["multipart"])
+        assert res["ratios"]["multipart"]["vs_multipart"] == pytest.approx(1.0)
+        if importlib.util.find_spec("torch") is not None:
+            assert "torch_rpc" in res["round_trip"], report["skipped"].get("torch_rpc")
+            _positive_median(res["round_trip"]["torch_rpc"])
+        for name, stats in res["round_trip"].items():
+            _positive_median(stats)
+            assert name in res["ratios"]
+    for name, why in report["skipped"].items():
+        assert why, f"{name} skipped without a reason"
