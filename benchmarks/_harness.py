@@ -292,6 +292,7 @@ def machine_info() -> dict[str, Any]:
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "loadavg_1_5_15": list(os.getloadavg()),
     }
     for mod in ("numpy", "zmq", "msgpack", "torch", "ray", "grpc", "tensorwire"):
         info[f"{mod}_version"] = _version(mod)
@@ -329,7 +330,9 @@ def print_machine(info: dict[str, Any]) -> None:
     versions = ", ".join(
         f"{k.removesuffix('_version')} {v}" for k, v in info.items() if k.endswith("_version") and v
     )
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg_1_5_15"])
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} cpus; python {info['python']}")
+    print(f"         load average at start (1/5/15 min): {load}; now {os.getloadavg()[0]:.2f}")
     print(f"         {versions}")
 
 

@@ -21,6 +21,7 @@ from tensorwire.codec import (
 from tensorwire.codec._message import EXT_COMPLEX, EXT_TENSOR
 from tensorwire.errors import ProtocolError
 
+
 def fuzz(n: int) -> settings:
     return settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck))
 SMALL = Limits(max_tensor_bytes=1 << 16, max_frames=16)
