@@ -176,6 +176,10 @@ def print_tw_stages(results: dict[str, Any]) -> None:
         "tensorwire client trace, per round trip (ms, medians of last_trace entries)",
         ["transport size", "client", *keys],
         rows,
+        [
+            "call_wall = the same calls timed around Client.call: the gap to 'total' is time",
+            "the trace does not see.",
+        ],
     )
 
 

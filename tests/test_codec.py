@@ -730,7 +730,8 @@ def test_non_str_map_keys_refused() -> None:
 
 
 def test_deeply_nested_header() -> None:
-    frame = b"\x91" * 100_000 + b"\xc0"
+    # A valid [version, meta, ...] prefix, then a payload nested 100,000 deep.
+    frame = b"\x93" + msgpack.packb(PROTOCOL_VERSION) + b"\x80" + b"\x91" * 100_000 + b"\xc0"
     refused([frame], "malformed header")
 
 

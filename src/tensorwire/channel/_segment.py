@@ -61,7 +61,9 @@ class Segment:
     def __init__(self, name: str, path: str, size: int, fd: int, creator: bool) -> None:
         # Private: use create() or attach(). Takes ownership of fd (mmap keeps its own dup).
         try:
-            self._mm: mmap.mmap | None = mmap.mmap(fd, size)
+            # MAP_POPULATE: fault the pages in once now, not on every first touch later.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._mm: mmap.mmap | None = mmap.mmap(fd, size, flags=flags)
         finally:
             os.close(fd)
         self._buf: memoryview | None = memoryview(self._mm)

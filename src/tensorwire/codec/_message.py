@@ -33,6 +33,8 @@ EXT_COMPLEX = 2
 Placer = Callable[[np.ndarray], tuple[Any, str] | None]
 # A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
 Resolver = Callable[[Any, int], tuple[Any, str]]
+# Picks the resolver from the meta (the session a request belongs to); None: frames only.
+ResolverFor = Callable[[dict[str, Any]], Resolver | None]
 
 # msgpack.packb called inside a `default` hook costs ~30 us (it builds a fresh
 # Packer each time); a per-thread Packer for the small inner records costs ~1 us.
@@ -135,6 +137,7 @@ def decode(
     frames: Sequence[Any],
     limits: Limits = DEFAULT_LIMITS,
     resolver: Resolver | None = None,
+    resolver_for: ResolverFor | None = None,
 ) -> Decoded:
     """Decode and validate a message. Every problem is a ProtocolError naming it."""
     if not frames:
@@ -151,31 +154,48 @@ def decode(
         )
     state = _DecodeState(frames, limits, resolver)
     try:
-        obj = msgpack.unpackb(
-            header, ext_hook=state.ext_hook, raw=False, strict_map_key=True
-        )
+        meta, payload = _unpack(header, state, resolver_for)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for malformed input
         raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
-    return _check_header(obj, state)
+    unused = set(range(1, len(frames))) - state.used
+    if unused:
+        raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
+    return Decoded(meta=meta, payload=payload, paths=state.paths)
 
 
-def _check_header(obj: Any, state: _DecodeState) -> Decoded:
-    if not isinstance(obj, list) or len(obj) != 3:
+def _unpack(
+    header: memoryview, state: _DecodeState, resolver_for: ResolverFor | None
+) -> tuple[dict[str, Any], Any]:
+    """Read [version, meta, payload] in order, so the version is checked before the payload
+    is parsed and the meta can pick the channel that resolves the payload's tensors."""
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, ext_hook=state.ext_hook,
+        max_buffer_size=max(header.nbytes, 1),
+    )  # fmt: skip
+    unpacker.feed(header)
+    try:
+        length = unpacker.read_array_header()
+    except (ValueError, msgpack.OutOfData):  # not an array at all
+        length = -1
+    if length != 3:
         raise ProtocolError("header is not a tensorwire message")
-    version, meta, payload = obj
+    version = unpacker.unpack()
     # Exact int check: a decoded tensor here would make `!=` elementwise (ValueError).
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise VersionMismatch(
             f"peer speaks tensorwire protocol {_short(version)}; this side speaks {PROTOCOL_VERSION}"
         )
+    meta = unpacker.unpack()
     if not isinstance(meta, dict):
         raise ProtocolError("header has no meta map")
-    unused = set(range(1, len(state.frames))) - state.used
-    if unused:
-        raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
-    return Decoded(meta=meta, payload=payload, paths=state.paths)
+    if resolver_for is not None:
+        state.resolver = resolver_for(meta)
+    payload = unpacker.unpack()
+    if unpacker.tell() != header.nbytes:
+        raise ProtocolError(f"malformed header: {header.nbytes - unpacker.tell()} trailing bytes")
+    return meta, payload
 
 
 class _DecodeState:
