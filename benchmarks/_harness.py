@@ -105,36 +105,25 @@ def time_call(fn: Callable[[], object]) -> tuple[int, int]:
     return t1 - t0, _minflt() - f0
 
 
-def measure(fn: Callable[[], object], reps: int, warmup: int = 1) -> Stats:
-    """Warm up, then time `reps` calls back to back."""
-    for _ in range(warmup):
-        fn()
-    samples, faults = [], []
-    for _ in range(reps):
-        ns, flt = time_call(fn)
-        samples.append(ns)
-        faults.append(flt)
-    return summarize(samples, faults)
-
-
 def measure_interleaved(
-    fns: dict[str, Callable[[], object]],
-    reps: dict[str, int],
-    warmup: int = 1,
+    fns: dict[str, Callable[[], object]], reps: dict[str, int], warmup: int = 1, block: int = 1
 ) -> dict[str, Stats]:
     """Time several paths in the same run, round robin (order rotated each round), so that
-    slow drifts of a noisy machine hit every path alike. `reps[name]` caps each path."""
+    slow drifts of a noisy machine hit every path alike. `reps[name]` caps each path. With
+    block > 1 each turn is one untimed call (it pays for waking that path's server after
+    another path ran) and then `block` timed calls: steady state, as a busy client sees it."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
     samples: dict[str, list[int]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
-    rounds = max(reps[n] for n in names) if names else 0
-    for r in range(rounds):
+    for r in range(-(-max(reps.values(), default=0) // block)):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            if len(samples[name]) < reps[name]:
+            if block > 1 and len(samples[name]) < reps[name]:
+                fns[name]()
+            for _ in range(min(block, reps[name] - len(samples[name]))):
                 ns, flt = time_call(fns[name])
                 samples[name].append(ns)
                 faults[name].append(flt)

@@ -119,7 +119,8 @@ def print_limits(results: dict[str, Any], summary: dict[str, Any]) -> None:
         rows,
         [
             "÷ 1KB ping-pong = this median / the bare 1 KB single-frame ping-pong median, same"
-            " transport, same run."
+            " transport, same run.",
+            "Round robin in turns of 10 timed calls, each turn after one untimed call.",
         ],
     )
 
@@ -220,6 +221,8 @@ def print_round_trips(results: dict[str, Any], summary: dict[str, Any]) -> None:
                 "speedup vs X = X's median / this path's median; ÷ multipart = this path's",
                 "median / the bare multipart median (same size, transport and run). faults =",
                 "median minor page faults per round trip in the client (fresh receive buffers).",
+                "Round robin over paths; up to 64 KB in turns of 10 timed calls, each turn after",
+                "one untimed call (the cost of waking that path's server after another ran).",
             ],
         )
         for label, sres in tres["sizes"].items():

@@ -144,7 +144,13 @@ def setup_grpc(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
     return {"grpc": call}
 
 
-SETUPS = (setup_multipart, setup_tensorwire, setup_torch_rpc, setup_ray, setup_grpc)
+SETUPS = (  # (set-up, the rows it provides)
+    (setup_multipart, {"multipart"}),
+    (setup_tensorwire, {"tw_zmq", "tw_auto"}),
+    (setup_torch_rpc, {"torch_rpc"}),
+    (setup_ray, {"ray_actor", "ray_putget"}),
+    (setup_grpc, {"grpc"}),
+)
 
 
 def start_all(
@@ -152,7 +158,9 @@ def start_all(
 ) -> tuple[dict[str, Call], dict[str, str], Any]:
     calls: dict[str, Call] = {}
     skipped: dict[str, str] = {}
-    for setup in SETUPS:
+    for setup, rows in SETUPS:
+        if only and not rows & only:
+            continue
         inner = contextlib.ExitStack()
         try:
             got = setup(inner, tmp)
@@ -193,7 +201,8 @@ def bench_size(calls: dict[str, Call], auto_client: Any, nbytes: int, args: Any)
     paths = sp.trace_paths(auto_client.last_trace) if auto_client is not None else None
     reps = plan_reps(nbytes, args.quick, args.reps_scale)
     fns = {name: (lambda c: lambda: c(arr))(call) for name, call in calls.items()}
-    stats = h.measure_interleaved(fns, {n: reps for n in fns}, warmup=3)
+    block = 10 if nbytes <= (64 << 10) else 1  # small messages: steady-state blocks
+    stats = h.measure_interleaved(fns, {n: reps for n in fns}, warmup=3, block=block)
     ratios = {
         name: {
             "vs_tw_zmq": h.ratio(s.median, stats["tw_zmq"].median) if "tw_zmq" in stats else None,
@@ -209,6 +218,7 @@ def bench_size(calls: dict[str, Call], auto_client: Any, nbytes: int, args: Any)
         "round_trip": stats,
         "ratios": ratios,
         "tw_auto_paths": paths,
+        "block": block,
     }
 
 
@@ -233,7 +243,12 @@ def print_size(label: str, res: dict[str, Any]) -> None:
         f"{label} float32 round trip, same host (medians of this run, interleaved)",
         ["path", "median", "p10 – p90", "n", "÷ tensorwire zmq", "÷ bare multipart"],
         rows,
-        ["÷ X = this path's median / X's median in this run (above 1: slower than X)."],
+        [
+            "÷ X = this path's median / X's median in this run (above 1: slower than X).",
+            f"Round robin in turns of {res['block']} timed calls, each after one untimed call."
+            if res["block"] > 1
+            else "Round robin, one timed call per path per round.",
+        ],
     )
 
 

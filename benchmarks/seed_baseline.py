@@ -103,7 +103,9 @@ def bench_size(
         check_echo(p, fns[p](), arr)
     counts = {n: (tl_reps if n == "tolist" else reps) for n in fns}
     warm = 0 if nbytes > (10 << 20) else 1
-    res["round_trip"] = h.measure_interleaved(fns, counts, warmup=warm)
+    block = 10 if nbytes <= (64 << 10) else 1  # small messages: steady-state blocks
+    res["block"] = block
+    res["round_trip"] = h.measure_interleaved(fns, counts, warmup=warm, block=block)
     res["stages"] = stage_pass(socks["stamp"], clients, fns, arr, counts)
     res["tw_paths"] = tw_paths
     return res
@@ -151,7 +153,7 @@ def limits(
         if name == "tw_auto" and paths and sp.is_frame_path(paths):
             continue
         fns[f"{name}_1KB"] = (lambda c: lambda: c.call("identity", small))(client)
-    return h.measure_interleaved(fns, {k: reps for k in fns}, warmup=50)
+    return h.measure_interleaved(fns, {k: reps for k in fns}, warmup=50, block=10)
 
 
 def run_transport(transport: str, sizes: list[int], tw_ok: bool, args: Any) -> dict[str, Any]:

@@ -11,20 +11,30 @@ from pathlib import Path
 import pytest
 
 SHM_DIR = Path("/dev/shm")
-TRANSPORTS = ["ipc", "tcp"]
 
 
-def _tensorwire_segments() -> set[str]:
+# Processes this test run started; only their segments (and ours) count as our leaks,
+# so other runs on the same machine cannot make the check flaky.
+OUR_PIDS: set[int] = {os.getpid()}
+
+
+def _our_segments() -> set[str]:
     if not SHM_DIR.is_dir():
         return set()
-    return {p.name for p in SHM_DIR.iterdir() if p.name.startswith("tensorwire")}
+    ours = set()
+    for p in SHM_DIR.iterdir():
+        parts = p.name.split("-")
+        if p.name.startswith("tensorwire-") and len(parts) >= 3 and parts[1].isdigit():
+            if int(parts[1]) in OUR_PIDS:
+                ours.add(p.name)
+    return ours
 
 
 @pytest.fixture(autouse=True, scope="session")
 def no_shm_leftovers() -> Iterator[None]:
-    before = _tensorwire_segments()
+    before = _our_segments()
     yield
-    leaked = _tensorwire_segments() - before
+    leaked = _our_segments() - before
     assert not leaked, f"test run left shared-memory segments behind: {sorted(leaked)}"
 
 
@@ -45,6 +55,7 @@ class ServerProcess:
             [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        OUR_PIDS.add(self.proc.pid)
         self.urls: list[str] = []
         assert self.proc.stdout is not None
         for _ in listen:
@@ -72,11 +83,31 @@ class ServerProcess:
         return self.proc.returncode
 
 
-@pytest.fixture(params=TRANSPORTS)
-def server_proc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    """A real server process on each transport (ipc and tcp), numpy backend."""
-    server = ServerProcess([listen_url(request.param, tmp_path)], "--backend", "numpy")
+# Every way bytes can travel: (listen transport, client transport).
+PATHS = {"ipc": ("ipc", "zmq"), "tcp": ("tcp", "zmq"), "shm": ("ipc", "auto")}
+
+
+class Connection:
+    """A server process and how to reach it over one path."""
+
+    def __init__(self, server: ServerProcess, transport: str, path: str) -> None:
+        self.server, self.url, self.transport, self.path = server, server.url, transport, path
+
+    def client(self, **kwargs: object):  # noqa: ANN201 - tensorwire.Client
+        import tensorwire as tw
+
+        kwargs.setdefault("transport", self.transport)
+        if self.path == "shm":
+            kwargs.setdefault("require", "shm")
+        return tw.Client(self.url, **kwargs)
+
+
+@pytest.fixture(params=list(PATHS))
+def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
+    """A real server process (numpy backend), reached over ipc, tcp and shared memory."""
+    listen, transport = PATHS[request.param]
+    server = ServerProcess([listen_url(listen, tmp_path)], "--backend", "numpy")
     try:
-        yield server
+        yield Connection(server, transport, request.param)
     finally:
         server.stop()

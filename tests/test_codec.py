@@ -340,9 +340,9 @@ def test_placer_and_resolver_roundtrip() -> None:
     store: dict[str, bytes] = {}
     seen: list[tuple[Any, int]] = []
 
-    def placer(arr: np.ndarray) -> tuple[Any, str] | None:
+    def placer(arr: np.ndarray) -> tuple[Any, str]:
         if arr.size < 4:
-            return None  # small tensors stay in frames
+            return None, FRAME_PATH  # small tensors stay in frames
         key = f"seg{len(store)}"
         store[key] = np.ascontiguousarray(arr).tobytes()
         return {"seg": key}, "shm"

@@ -24,9 +24,9 @@ def sample(dtype: object, shape: tuple[int, ...] = (3, 5)) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_identity_round_trips_every_dtype(server_proc, dtype):
+def test_identity_round_trips_every_dtype(conn, dtype):
     x = sample(dtype)
-    with tw.Client(server_proc.url) as gpu:
+    with conn.client() as gpu:
         y = gpu.call("identity", x)
     assert y.dtype == x.dtype and y.shape == x.shape
     assert np.array_equal(y.view(np.uint8), x.view(np.uint8))
@@ -42,16 +42,16 @@ def test_identity_round_trips_every_dtype(server_proc, dtype):
     ],
     ids=["0-d", "empty", "fortran", "strided"],
 )
-def test_identity_round_trips_layouts(server_proc, x):
-    with tw.Client(server_proc.url) as gpu:
+def test_identity_round_trips_layouts(conn, x):
+    with conn.client() as gpu:
         y = gpu.identity(x)
     np.testing.assert_array_equal(y, x)
     assert y.shape == x.shape
 
 
-def test_large_tensor_and_trace(server_proc):
+def test_large_tensor_and_trace(conn):
     x = np.random.default_rng(1).standard_normal(10 * 2**20 // 4).astype(np.float32)
-    with tw.Client(server_proc.url) as gpu:
+    with conn.client() as gpu:
         y = gpu.call("identity", x)
         trace = gpu.last_trace
     np.testing.assert_array_equal(y, x)
@@ -59,13 +59,14 @@ def test_large_tensor_and_trace(server_proc):
                   "server_serialize", "receive", "client_deserialize", "total"):
         assert trace[stage] >= 0.0, stage
     assert trace["total"] > 0
-    assert trace["paths"] == {"request": ["frame"], "reply": ["frame"]}
+    expected = {"shm": (["shm"], ["shm(alias)"])}.get(conn.path, (["frame"], ["frame"]))
+    assert trace["paths"] == {"request": expected[0], "reply": expected[1]}
 
 
-def test_ops_compute_and_arguments(server_proc):
+def test_ops_compute_and_arguments(conn):
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
-    with tw.Client(server_proc.url) as gpu:
+    with conn.client() as gpu:
         np.testing.assert_allclose(gpu.matmul(a, b), a @ b)
         np.testing.assert_allclose(gpu.call("sum", a, axis=1, keepdims=True),
                                    a.sum(axis=1, keepdims=True))
@@ -74,8 +75,8 @@ def test_ops_compute_and_arguments(server_proc):
     assert {"identity", "matmul", "linear", "gelu", "softmax", "concat"} <= names
 
 
-def test_failing_op_answers_that_caller_and_server_keeps_serving(server_proc):
-    with tw.Client(server_proc.url) as gpu:
+def test_failing_op_answers_that_caller_and_server_keeps_serving(conn):
+    with conn.client() as gpu:
         with pytest.raises(tw.RemoteError) as info:
             gpu.matmul(np.ones((2, 3)), np.ones((4, 5)))
         assert info.value.remote_type
@@ -86,21 +87,21 @@ def test_failing_op_answers_that_caller_and_server_keeps_serving(server_proc):
         np.testing.assert_array_equal(gpu.neg(np.ones(2)), -np.ones(2))
 
 
-def test_submit_many_in_flight(server_proc):
+def test_submit_many_in_flight(conn):
     xs = [np.full((64,), i, np.float32) for i in range(200)]
-    with tw.Client(server_proc.url) as gpu:
+    with conn.client() as gpu:
         futures = [gpu.submit("mul", x, 2.0) for x in xs]
         results = [f.result(timeout=30) for f in futures]
     for x, y in zip(xs, results, strict=True):
         np.testing.assert_array_equal(y, x * 2)
 
 
-def test_concurrent_clients_in_threads(server_proc):
+def test_concurrent_clients_in_threads(conn):
     errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
         try:
-            with tw.Client(server_proc.url) as gpu:
+            with conn.client() as gpu:
                 for i in range(30):
                     x = np.full((100,), seed * 1000 + i, np.float64)
                     np.testing.assert_array_equal(gpu.identity(x), x)
@@ -115,8 +116,8 @@ def test_concurrent_clients_in_threads(server_proc):
     assert not errors
 
 
-def test_one_client_shared_by_threads(server_proc):
-    with tw.Client(server_proc.url) as gpu:
+def test_one_client_shared_by_threads(conn):
+    with conn.client() as gpu:
         out: dict[int, np.ndarray] = {}
 
         def worker(i: int) -> None:
@@ -161,8 +162,8 @@ def _bad_requests() -> dict[str, list[bytes]]:
 
 
 @pytest.mark.parametrize("case", list(_bad_requests()))
-def test_bad_requests_get_clear_errors_and_server_keeps_serving(server_proc, case):
-    reply = decode(_raw_request(server_proc.url, _bad_requests()[case]))
+def test_bad_requests_get_clear_errors_and_server_keeps_serving(conn, case):
+    reply = decode(_raw_request(conn.url, _bad_requests()[case]))
     assert reply.meta["ok"] is False
     assert reply.meta["err"]["code"] in ("protocol", "version")
     assert reply.meta["err"]["msg"]
@@ -171,5 +172,5 @@ def test_bad_requests_get_clear_errors_and_server_keeps_serving(server_proc, cas
     if case == "other version":
         assert str(PROTOCOL_VERSION + 1) in reply.meta["err"]["msg"]
         assert str(PROTOCOL_VERSION) in reply.meta["err"]["msg"]
-    with tw.Client(server_proc.url) as gpu:
+    with conn.client() as gpu:
         np.testing.assert_array_equal(gpu.identity(np.arange(3)), np.arange(3))

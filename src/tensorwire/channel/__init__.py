@@ -21,9 +21,13 @@ Lifetime rules
 """
 
 from ._arena import ALIGNMENT, Arena
+from ._client_side import ClientChannel
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
+from ._host import host_token, pid_alive
+from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
+from ._server_side import ServerChannel
 
 __all__ = [
     "ALIGNMENT",
@@ -31,9 +35,16 @@ __all__ = [
     "DEFAULT_PREFIX",
     "Arena",
     "ChannelError",
+    "ClientChannel",
     "Doorbell",
+    "SHM_ALIAS",
+    "SHM_COPY",
+    "SHM_ZERO_COPY",
     "Segment",
     "SegmentRefused",
+    "ServerChannel",
     "ShmFullError",
+    "host_token",
+    "pid_alive",
     "sweep_stale",
 ]

@@ -20,9 +20,11 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import zmq
 
-from ..codec import decode, encode_payload, first_kind, peek_meta, restore_kind
+from ..channel import ClientChannel, host_token
+from ..codec import decode, encode_payload, first_kind, peek_meta, restore_kind, to_numpy
 from ..errors import (
     WIRE_ERRORS,
     ConnectionClosed,
@@ -30,12 +32,15 @@ from ..errors import (
     RemoteError,
     TensorwireError,
     TimeoutError,
+    TransportError,
 )
 from ..trace import build_trace
 from ..transport import Transport, client_socket, get_transport
 from ._pending import Pending, PendingTable
 
 TRANSPORTS = ("auto", "zmq")
+DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
+BYE_TIMEOUT = 2.0
 
 
 class Client:
@@ -48,18 +53,32 @@ class Client:
         timeout: float = 30.0,
         transport: str = "auto",
         wire_dtype: str | None = None,
+        require: str | None = None,
+        shm_size: int = DEFAULT_SHM_SIZE,
+        copy: bool = False,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if require not in (None, "shm"):
+            raise ValueError(f"require must be None or 'shm', got {require!r}")
+        if require == "shm" and transport == "zmq":
+            raise ValueError("require='shm' contradicts transport='zmq'")
+        if type(shm_size) is not int or shm_size <= 0:
+            raise ValueError(f"shm_size must be a positive number of bytes, got {shm_size!r}")
         if wire_dtype is not None:
             raise ValueError(f"wire_dtype {wire_dtype!r} is not supported yet; use None")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.url, self.timeout, self.transport = url, float(timeout), transport
+        self.copy = copy
+        self._shm_size = shm_size if transport == "auto" else 0
+        self._channel: ClientChannel | None = None
+        self._session: str | None = None
+        self.shm_reason = "transport='zmq' was asked for" if transport == "zmq" else ""
         self.last_trace: dict[str, Any] = {}
         self._transport: Transport = get_transport(url)
         self._ids = itertools.count(1)
-        self._closed = False
+        self._closed = self._stopping = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._local = threading.local()
         self._sockets: list[zmq.Socket[bytes]] = []
@@ -70,9 +89,30 @@ class Client:
         self._pump: threading.Thread | None = None
         try:
             self.server_info: dict[str, Any] = self._request("hello", "", (), {})
+            self._negotiate(require)
         except BaseException:
             self.close()
             raise
+
+    def _negotiate(self, require: str | None) -> None:
+        """Attach to the arenas the server offered, or note why there are none."""
+        offer, sid = self.server_info.get("shm"), self.server_info.get("session")
+        if offer and isinstance(sid, str):
+            self._session = sid
+            try:
+                self._channel = ClientChannel(offer)
+            except TensorwireError as exc:
+                self.shm_reason = f"cannot attach the server's arena: {exc}"
+                self._bye()
+        elif self.transport == "auto":
+            self.shm_reason = str(self.server_info.get("shm_reason", "not offered"))
+        if require == "shm" and self._channel is None:
+            raise TransportError(f"shared memory required but unavailable: {self.shm_reason}")
+
+    @property
+    def path(self) -> str:
+        """'shm' when bulk tensors go through shared memory, else 'zmq'."""
+        return "shm" if self._channel is not None else "zmq"
 
     # -- public surface -------------------------------------------------------------
 
@@ -97,6 +137,29 @@ class Client:
         os.eventfd_write(self._wake, 1)
         return item.future
 
+    def empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """An array in the shared-memory arena: sending it costs no copy.
+
+        Without shared memory (another host, transport='zmq') it is a plain numpy
+        array; `last_trace["paths"]` always says which way each tensor went.
+        """
+        if self._channel is None:
+            return np.empty(shape, dtype)
+        return self._channel.empty(shape, dtype)
+
+    def zeros(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """Like `empty`, filled with zeros."""
+        out = self.empty(shape, dtype)
+        out[...] = 0
+        return out
+
+    def asarray(self, x: Any) -> np.ndarray:
+        """A copy of `x` in the shared-memory arena (see `empty`)."""
+        src = to_numpy(x) if not isinstance(x, np.ndarray) else x
+        out = self.empty(src.shape, src.dtype)
+        np.copyto(out, src)
+        return out
+
     def ops(self) -> list[dict[str, Any]]:
         """The server's ops, each with name, signature, doc and category."""
         result: list[dict[str, Any]] = self._request("ops", "", (), {})
@@ -111,11 +174,15 @@ class Client:
         """Close every socket; requests still in flight fail with ConnectionClosed."""
         if self._closed:
             return
-        self._closed = True
+        self._stopping = True
         os.eventfd_write(self._wake, 1)
         if self._pump is not None:
             self._pump.join()
         self._pending.fail_all(ConnectionClosed("client closed"))
+        self._bye()
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
         with self._sockets_lock:
             for sock in self._sockets:
                 sock.close(linger=0)
@@ -137,10 +204,24 @@ class Client:
     def __repr__(self) -> str:
         return f"<tensorwire.Client {self.url} {'closed' if self._closed else 'open'}>"
 
+    def _bye(self) -> None:
+        """Tell the server to drop our session now (it would reap it later anyway)."""
+        if self._session is None:
+            return
+        try:
+            self._request("bye", "", (), {}, timeout=min(self.timeout, BYE_TIMEOUT))
+        except TensorwireError:
+            pass  # the server reclaims sessions of vanished clients itself
+        self._session = None
+
     # -- the synchronous path -----------------------------------------------------------
 
-    def _request(self, kind: str, op: str, args: Any, kwargs: Any) -> Any:
+    def _request(
+        self, kind: str, op: str, args: Any, kwargs: Any, timeout: float | None = None
+    ) -> Any:
         item, frames = self._prepare(kind, op, args, kwargs)
+        if timeout is not None:
+            item.deadline = time.monotonic() + timeout
         sock = self._thread_socket()
         sock.send_multipart(frames, copy=False)
         item.sent_at = time.perf_counter()
@@ -179,8 +260,20 @@ class Client:
         t0 = time.perf_counter()
         rid = next(self._ids)
         payload = {"a": list(args), "kw": kwargs} if kind == "call" else None
-        encoded = encode_payload(payload)
-        frames = encoded.frames({"k": kind, "id": rid, "op": op})
+        meta: dict[str, Any] = {"k": kind, "id": rid, "op": op}
+        keep: list[Any] = []
+        placer = None
+        if kind == "hello":
+            meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size)
+        elif self._session is not None:
+            meta["s"] = self._session
+            if self._channel is not None:
+                placer = self._channel.placer(keep)
+                released = self._channel.take_released()
+                if released:
+                    meta["fr"] = released
+        encoded = encode_payload(payload, placer)
+        frames = encoded.frames(meta)
         t1 = time.perf_counter()
         item = Pending(
             rid=rid,
@@ -190,6 +283,7 @@ class Client:
             request_paths=encoded.paths,
             serialize=t1 - t0,
             sent_at_start=t1,
+            keep=keep,
         )
         return item, frames
 
@@ -197,7 +291,7 @@ class Client:
         """Decode a reply and settle the future it answers (unknown ids are late: dropped)."""
         received = time.perf_counter()
         try:
-            decoded = decode(frames)
+            decoded = decode(frames, resolver=self._channel.resolve if self._channel else None)
         except ProtocolError as exc:
             meta = peek_meta(frames[0] if frames else b"")
             item = lookup(meta.get("id"))
@@ -211,7 +305,10 @@ class Client:
         if not decoded.meta.get("ok"):
             item.future.set_exception(_remote_exception(decoded.meta.get("err")))
             return
-        result = restore_kind(decoded.payload, item.kind)
+        payload = decoded.payload
+        if self.copy and any(p.startswith("shm") for p in decoded.paths):
+            payload = _copied(payload)
+        result = restore_kind(payload, item.kind)
         self.last_trace = build_trace(
             serialize=item.serialize,
             send=item.send,
@@ -230,7 +327,7 @@ class Client:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
-        while not self._closed:
+        while not self._stopping:
             deadline = self._pending.next_deadline()
             wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
             events = dict(poller.poll(wait_ms))
@@ -251,6 +348,17 @@ class Client:
             sock.send_multipart(frames, copy=False)
             item.sent_at = time.perf_counter()
             item.send = item.sent_at - item.sent_at_start
+
+
+def _copied(value: Any) -> Any:
+    """The result tree with every array copied out of the arena (Client(copy=True))."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
 
 
 def _remote_exception(err: Any) -> TensorwireError:

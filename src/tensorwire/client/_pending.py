@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TensorwireError
@@ -24,6 +24,7 @@ class Pending:
     sent_at_start: float
     sent_at: float = 0.0
     send: float = 0.0
+    keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
 
 
 class PendingTable:

@@ -28,9 +28,9 @@ PROTOCOL_VERSION = 1
 EXT_TENSOR = 1
 EXT_COMPLEX = 2
 
-# A placer may put a tensor somewhere other than a frame (shared memory):
-# it returns (descriptor, path name) or None to use a frame.
-Placer = Callable[[np.ndarray], tuple[Any, str] | None]
+# A placer may put a tensor somewhere other than a frame (shared memory): it returns
+# (descriptor, path name), or (None, path name) to send a frame and say why.
+Placer = Callable[[np.ndarray], tuple[Any, str]]
 # A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
 Resolver = Callable[[Any, int], tuple[Any, str]]
 # Picks the resolver from the meta (the session a request belongs to); None: frames only.
@@ -113,15 +113,14 @@ def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = No
 def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgpack.ExtType:
     name = dtype_name(arr.dtype)
     shape = list(arr.shape)
-    placed = placer(arr) if placer is not None else None
-    if placed is not None:
-        location, path = placed
+    location, path = placer(arr) if placer is not None else (None, FRAME_PATH)
+    if location is not None:
         ref = [name, shape, "C", location]
     else:
         flat, order, copied = _contiguous_bytes(arr)
         ref = [name, shape, order, len(out.tensor_frames) + 1]
         out.tensor_frames.append(flat)
-        path = COPIED_PATH if copied else FRAME_PATH
+        path = COPIED_PATH if copied else path
     out.paths.append(path)
     return msgpack.ExtType(EXT_TENSOR, _pack_inner(ref))
 

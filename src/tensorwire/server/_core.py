@@ -17,11 +17,13 @@ from typing import Any
 
 import zmq
 
+from ..channel import DEFAULT_DIRECTORY
 from ..codec import DEFAULT_LIMITS, Limits, decode, encode, encode_payload, peek_meta
 from ..errors import ServerBusy
 from ..trace import server_stages
 from ..transport import Transport, get_transport, server_socket
 from ._handlers import Handler, error_meta, parse_request
+from ._sessions import Sessions
 from .ops import OpRegistry, default_registry, make_backend
 
 log = logging.getLogger("tensorwire.server")
@@ -50,11 +52,16 @@ class ServerCore:
         registry: OpRegistry | None = None,
         limits: Limits = DEFAULT_LIMITS,
         max_queue: int = 1024,
+        shm: bool = True,
+        shm_dir: str = DEFAULT_DIRECTORY,
+        shm_max_arena: int = 1 << 30,
     ) -> None:
         if not listen:
             raise ValueError("a server needs at least one listen URL")
         self._transports: list[tuple[Transport, str]] = [(get_transport(u), u) for u in listen]
-        self.handler = Handler(registry or default_registry(), make_backend(backend, device))
+        backend_impl = make_backend(backend, device)
+        self.sessions = Sessions(enabled=shm, directory=shm_dir, max_arena=shm_max_arena)
+        self.handler = Handler(registry or default_registry(), backend_impl, self.sessions)
         self.limits = limits
         self.max_queue = max_queue
         self.urls: list[str] = []
@@ -89,10 +96,12 @@ class ServerCore:
                     self._drain(sock)
             if self._queue:
                 self._serve_one(self._queue.popleft())
+            self.sessions.reap()
         while self._queue:  # answer everything already accepted before exiting
             self._serve_one(self._queue.popleft())
 
     def close(self) -> None:
+        self.sessions.close_all()
         for sock in self._socks:
             sock.close(linger=0)
         self._socks.clear()
@@ -119,13 +128,17 @@ class ServerCore:
         started = time.perf_counter()
         rid = None
         try:
-            decoded = decode(item.frames, self.limits)
+            decoded = decode(item.frames, self.limits, resolver_for=self.sessions.resolver_for)
             request = parse_request(decoded.meta, decoded.payload)
             rid = request.rid
+            session = self.sessions.get(decoded.meta)
+            if session is not None and "fr" in decoded.meta:
+                session.channel.release(decoded.meta["fr"])
             deserialized = time.perf_counter()
             result, compute = self.handler.handle(request)
             encoded_at = time.perf_counter()
-            encoded = encode_payload(result)
+            placer = session.channel.place if session is not None and request.kind == "call" else None
+            encoded = encode_payload(result, placer)
             done = time.perf_counter()
             stages = server_stages(
                 started - item.arrived, deserialized - started, compute, done - encoded_at

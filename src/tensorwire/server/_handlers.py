@@ -11,9 +11,13 @@ from typing import Any
 from .._version import __version__
 from ..codec import PROTOCOL_VERSION
 from ..errors import ProtocolError, TensorwireError
+from ._sessions import Sessions
 from .ops import Backend, OpRegistry
 
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+
+
+KINDS = ("call", "hello", "ops", "bye")
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Request:
     op: str
     args: list[Any]
     kwargs: dict[str, Any]
+    meta: dict[str, Any]
 
 
 def parse_request(meta: dict[str, Any], payload: Any) -> Request:
@@ -32,7 +37,7 @@ def parse_request(meta: dict[str, Any], payload: Any) -> Request:
     kind, rid = meta.get("k"), meta.get("id")
     if type(rid) is not int:
         raise ProtocolError(f"request id must be an int, got {type(rid).__name__}")
-    if kind not in ("call", "hello", "ops"):
+    if kind not in KINDS:
         raise ProtocolError(f"request {rid}: unknown request kind {kind!r}")
     op = meta.get("op", "")
     if kind == "call" and (not isinstance(op, str) or not op):
@@ -44,15 +49,16 @@ def parse_request(meta: dict[str, Any], payload: Any) -> Request:
         args, kwargs = payload.get("a", []), payload.get("kw", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ProtocolError(f"request {rid}: arguments must be a list and a map")
-    return Request(kind=kind, rid=rid, op=op, args=args, kwargs=kwargs)
+    return Request(kind=kind, rid=rid, op=op, args=args, kwargs=kwargs, meta=meta)
 
 
 class Handler:
     """Runs requests against a registry and a backend."""
 
-    def __init__(self, registry: OpRegistry, backend: Backend) -> None:
+    def __init__(self, registry: OpRegistry, backend: Backend, sessions: Sessions) -> None:
         self.registry = registry
         self.backend = backend
+        self.sessions = sessions
 
     def info(self) -> dict[str, Any]:
         return {
@@ -66,9 +72,12 @@ class Handler:
     def handle(self, req: Request) -> tuple[Any, float]:
         """The reply payload for a request and the compute seconds it took."""
         if req.kind == "hello":
-            return self.info(), 0.0
+            return {**self.info(), **self.sessions.hello(req.meta)}, 0.0
         if req.kind == "ops":
             return self.registry.list(), 0.0
+        if req.kind == "bye":
+            self.sessions.bye(req.meta)
+            return None, 0.0
         start = time.perf_counter()
         result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
         self.backend.synchronize()
@@ -77,10 +86,7 @@ class Handler:
 
 def error_meta(rid: Any, exc: BaseException) -> dict[str, Any]:
     """The reply meta for a failed request. Never leaks server paths."""
-    if isinstance(exc, TensorwireError):
-        code = _wire_code(exc)
-    else:
-        code = "remote"
+    code = _wire_code(exc) if isinstance(exc, TensorwireError) else "remote"
     message = _PATHLIKE.sub("<path>", str(exc))[:2000]
     return {"id": rid, "ok": False, "err": {"code": code, "type": type(exc).__name__, "msg": message}}
 

@@ -1,0 +1,145 @@
+"""The client's half of a same-host session: it attaches to the server's two arenas.
+
+Ownership rule (what users see): an array that lives in the arena — from
+`empty`/`zeros`/`asarray`, or a result that arrived through shared memory —
+stays valid and unchanged for as long as it, or any view of it, is alive. Its
+block is handed back only after the last view is gone (c2s blocks to our own
+allocator, s2c blocks to the server with the next request). A result may share
+memory with an arena array passed as an argument (identity, reshape); arrays the
+caller did not allocate in the arena are never aliased.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ._arena import Arena
+from ._errors import ChannelError
+from ._regions import (
+    C2S,
+    FRAME_ARENA_FULL,
+    FRAME_SMALL,
+    S2C,
+    SHM_ALIAS,
+    SHM_COPY,
+    SHM_ZERO_COPY,
+    Region,
+    array_in,
+    parse_descriptor,
+)
+from ._segment import DEFAULT_DIRECTORY, Segment
+
+
+class ClientChannel:
+    """Attached arenas, the live blocks in them, and the codec's placer/resolver."""
+
+    def __init__(self, offer: dict[str, Any], *, directory: str = DEFAULT_DIRECTORY) -> None:
+        size, inline_below = offer.get("size"), offer.get("inline_below")
+        if type(size) is not int or type(inline_below) is not int or size <= 0:
+            raise ProtocolError("malformed shared-memory offer")
+        c2s = Segment.attach(offer.get("c2s"), size, directory=directory)  # type: ignore[arg-type]
+        try:
+            s2c = Segment.attach(offer.get("s2c"), size, directory=directory)  # type: ignore[arg-type]
+        except BaseException:
+            c2s.close()
+            raise
+        self.inline_below = inline_below
+        self.c2s_alloc = Arena(c2s)  # we allocate request space; the server only reads it
+        self.regions = (Region(c2s), Region(s2c))
+        # Live blocks per region: offset -> the ctypes object every view of it hangs on.
+        self._live: tuple[weakref.WeakValueDictionary[int, Any], ...] = (
+            weakref.WeakValueDictionary(), weakref.WeakValueDictionary())
+        self._released: deque[int] = deque()  # s2c blocks to hand back to the server
+        self._lock = threading.Lock()
+
+    # -- arrays that live in the arena -----------------------------------------------
+
+    def empty(self, shape: Any, dtype: Any) -> np.ndarray:
+        """An uninitialised array in the c2s arena (sending it costs no copy)."""
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
+        offset = self.c2s_alloc.alloc(count * dt.itemsize)
+        if offset is None:
+            raise ChannelError(
+                f"shared-memory arena has no room for {count * dt.itemsize} bytes "
+                f"(largest free block {self.c2s_alloc.largest_free()}); free arena arrays "
+                "or create the client with a larger shm_size"
+            )
+        block = self._new_block(C2S, offset, count * dt.itemsize)
+        return np.frombuffer(block, dtype=dt, count=count).reshape(shape)
+
+    # -- the codec's hooks ---------------------------------------------------------------
+
+    def placer(self, keep: list[Any]) -> Any:
+        """A placer for one request; blocks it fills are kept alive in `keep` until the reply."""
+
+        def place(arr: np.ndarray) -> tuple[Any, str]:
+            if arr.nbytes < self.inline_below:
+                return None, FRAME_SMALL
+            for region_id in (C2S, S2C):
+                offset = self.regions[region_id].offset_of(arr)
+                if offset is not None:
+                    return [region_id, offset, arr.nbytes, False], SHM_ZERO_COPY
+            offset = self.c2s_alloc.alloc(arr.nbytes)
+            if offset is None:
+                return None, FRAME_ARENA_FULL
+            block = self._new_block(C2S, offset, arr.nbytes)
+            np.copyto(array_in(block, arr), arr)
+            keep.append(block)
+            return [C2S, offset, arr.nbytes, False], SHM_COPY
+
+        return place
+
+    def resolve(self, location: Any, nbytes: int) -> tuple[Any, str]:
+        """A result's bytes: a fresh s2c block, or an alias inside a block we hold."""
+        region, offset, size, fresh = parse_descriptor(location)
+        if size != nbytes:
+            raise ProtocolError(f"shared-memory descriptor holds {size} bytes; tensor needs {nbytes}")
+        if fresh:
+            if region != S2C:
+                raise ProtocolError("only the server's arena holds fresh result blocks")
+            return self._new_block(S2C, offset, size), SHM_COPY
+        start, block = self._containing(region, offset, size)
+        sub = (type(block)._type_ * max(size, 1)).from_buffer(block, offset - start)
+        return sub, SHM_ALIAS
+
+    def take_released(self) -> list[int]:
+        """s2c blocks whose last view is gone, to report to the server."""
+        out: list[int] = []
+        while self._released:
+            out.append(self._released.popleft())
+        return out
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.segment.close()
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _new_block(self, region: int, offset: int, nbytes: int) -> Any:
+        block = self.regions[region].block(offset, nbytes)
+        self._live[region][offset] = block
+        if region == C2S:
+            weakref.finalize(block, _free_quietly, self.c2s_alloc, offset)
+        else:
+            weakref.finalize(block, self._released.append, offset)
+        return block
+
+    def _containing(self, region: int, offset: int, size: int) -> tuple[int, Any]:
+        for start, block in list(self._live[region].items()):
+            if start <= offset and offset + size <= start + len(block):
+                return start, block
+        raise ProtocolError("result refers to arena memory this client does not hold")
+
+
+def _free_quietly(arena: Arena, offset: int) -> None:
+    try:
+        arena.free(offset)
+    except ChannelError:
+        pass  # already returned (client closed)

@@ -1,0 +1,77 @@
+"""A mapped segment seen as an address range: where does an array live, and views into it."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ._segment import Segment
+
+# Which way a region carries bytes; the first field of every shared-memory descriptor.
+C2S, S2C = 0, 1
+# The paths a tensor may take, as the trace names them.
+SHM_COPY = "shm"  # copied into the arena on the way in or out
+SHM_ZERO_COPY = "shm(zero-copy)"  # already lived in the arena: no copy
+SHM_ALIAS = "shm(alias)"  # a result sharing memory with an arena argument
+FRAME_ARENA_FULL = "frame(arena full)"
+FRAME_SMALL = "frame"
+
+
+def address_of(arr: np.ndarray) -> int:
+    addr: int = arr.__array_interface__["data"][0]
+    return addr
+
+
+class Region:
+    """One segment: its base address, bounds checks, and views that keep it mapped."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.size = segment.size
+        probe = np.frombuffer(segment.buf, dtype=np.uint8)
+        self.base = address_of(probe)
+        del probe
+
+    def offset_of(self, arr: np.ndarray) -> int | None:
+        """The offset of a C-contiguous array lying wholly inside this region, else None."""
+        if not arr.flags.c_contiguous:
+            return None
+        offset = address_of(arr) - self.base
+        if 0 <= offset and offset + arr.nbytes <= self.size:
+            return offset
+        return None
+
+    def block(self, offset: int, nbytes: int) -> Any:
+        """A ctypes array over [offset, offset+nbytes): one object per block, so a
+        weakref on it tells when every numpy view of the block is gone."""
+        self.check(offset, nbytes)
+        return (ctypes.c_char * max(nbytes, 1)).from_buffer(self.segment.buf, offset)
+
+    def check(self, offset: Any, nbytes: Any) -> None:
+        if type(offset) is not int or type(nbytes) is not int:
+            raise ProtocolError("shared-memory descriptor must hold integer offset and size")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise ProtocolError(
+                f"shared-memory descriptor [{offset}, +{nbytes}) lies outside the "
+                f"{self.size}-byte arena"
+            )
+
+
+def array_in(buffer: Any, like: np.ndarray) -> np.ndarray:
+    """A C-ordered array with `like`'s dtype and shape over `buffer`."""
+    return np.frombuffer(buffer, dtype=like.dtype, count=like.size).reshape(like.shape)
+
+
+def parse_descriptor(location: Any) -> tuple[int, int, int, bool]:
+    """[region, offset, nbytes, fresh] with types checked; ProtocolError otherwise."""
+    if not (isinstance(location, list) and len(location) == 4):
+        raise ProtocolError("malformed shared-memory descriptor")
+    region, offset, nbytes, fresh = location
+    if region not in (C2S, S2C) or type(region) is not int:
+        raise ProtocolError(f"shared-memory descriptor names unknown region {region!r}")
+    if type(offset) is not int or type(nbytes) is not int or type(fresh) is not bool:
+        raise ProtocolError("shared-memory descriptor must hold integer offset and size")
+    return region, offset, nbytes, fresh

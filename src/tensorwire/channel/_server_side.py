@@ -1,0 +1,94 @@
+"""The server's half of a same-host session: two arenas it creates, owns and unlinks.
+
+c2s carries request tensors (the client allocates in it); s2c carries results
+(the server allocates in it and frees a block when the client says it dropped
+the last view of it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ._arena import Arena
+from ._errors import ChannelError
+from ._regions import (
+    C2S,
+    FRAME_ARENA_FULL,
+    FRAME_SMALL,
+    S2C,
+    SHM_ALIAS,
+    SHM_COPY,
+    Region,
+    array_in,
+    parse_descriptor,
+)
+from ._segment import DEFAULT_DIRECTORY
+
+log = logging.getLogger("tensorwire.channel")
+
+INLINE_BELOW = 64 << 10  # bytes; smaller tensors ride in frames (a copy is cheaper)
+
+
+class ServerChannel:
+    """Arenas for one client session, and the placer/resolver the codec calls."""
+
+    def __init__(self, size: int, *, directory: str = DEFAULT_DIRECTORY,
+                 inline_below: int = INLINE_BELOW) -> None:
+        self.inline_below = inline_below
+        self.c2s = Arena.create(size, directory=directory)
+        try:
+            self.s2c = Arena.create(size, directory=directory)
+        except BaseException:
+            self.c2s.close()
+            raise
+        self.regions = (Region(self.c2s.segment), Region(self.s2c.segment))
+
+    def offer(self) -> dict[str, Any]:
+        """What the client needs to attach (sent only to a client on this host)."""
+        return {
+            "c2s": self.c2s.segment.name,
+            "s2c": self.s2c.segment.name,
+            "size": self.c2s.capacity,
+            "inline_below": self.inline_below,
+        }
+
+    def resolve(self, location: Any, nbytes: int) -> tuple[Any, str]:
+        """A request tensor's bytes, checked to lie inside the arena."""
+        region, offset, size, _ = parse_descriptor(location)
+        if size != nbytes:
+            raise ProtocolError(f"shared-memory descriptor holds {size} bytes; tensor needs {nbytes}")
+        self.regions[region].check(offset, size)
+        return self.regions[region].segment.buf[offset : offset + size], SHM_COPY
+
+    def place(self, arr: np.ndarray) -> tuple[Any, str]:
+        """Where a result goes: an alias of an arena argument, a fresh s2c block, or a frame."""
+        if arr.nbytes < self.inline_below:
+            return None, FRAME_SMALL
+        for region_id, region in ((C2S, self.regions[C2S]), (S2C, self.regions[S2C])):
+            offset = region.offset_of(arr)
+            if offset is not None:
+                return [region_id, offset, arr.nbytes, False], SHM_ALIAS
+        offset = self.s2c.alloc(arr.nbytes)
+        if offset is None:
+            return None, FRAME_ARENA_FULL
+        dst = array_in(self.s2c.segment.buf[offset : offset + arr.nbytes], arr)
+        np.copyto(dst, arr)
+        return [S2C, offset, arr.nbytes, True], SHM_COPY
+
+    def release(self, offsets: Any) -> None:
+        """The client dropped its last view of these s2c blocks."""
+        if not isinstance(offsets, list):
+            raise ProtocolError("released blocks must be a list of offsets")
+        for offset in offsets:
+            try:
+                self.s2c.free(offset)
+            except (ChannelError, TypeError, ValueError) as exc:
+                log.info("client released a block it does not hold: %s", exc)
+
+    def close(self) -> None:
+        self.c2s.close()
+        self.s2c.close()
