@@ -39,9 +39,12 @@ from ._segment import DEFAULT_DIRECTORY, Segment
 class ClientChannel:
     """Attached arenas, the live blocks in them, and the codec's placer/resolver."""
 
-    def __init__(self, offer: dict[str, Any], *, directory: str = DEFAULT_DIRECTORY) -> None:
+    def __init__(self, offer: dict[str, Any]) -> None:
         size, inline_below = offer.get("size"), offer.get("inline_below")
+        directory = offer.get("dir", DEFAULT_DIRECTORY)
         if type(size) is not int or type(inline_below) is not int or size <= 0:
+            raise ProtocolError("malformed shared-memory offer")
+        if not isinstance(directory, str) or not directory.startswith("/"):
             raise ProtocolError("malformed shared-memory offer")
         c2s = Segment.attach(offer.get("c2s"), size, directory=directory)  # type: ignore[arg-type]
         try:

@@ -9,18 +9,18 @@ import socket
 
 
 @functools.cache
-def host_token(directory: str = "/dev/shm") -> str:
-    """An opaque token equal for processes that can share segments in `directory`.
+def host_token() -> str:
+    """An opaque token equal for processes that see the same files and pids.
 
-    Includes the pid namespace because the server reclaims a session when its
-    client's pid dies, which only means something inside one namespace.
+    Same boot and mount namespace: a segment one creates, the other can map.
+    Same pid namespace: the server reclaims a session when its client's pid dies,
+    which only means something inside one namespace.
     """
     parts = [socket.gethostname()]
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             parts.append(f.read().strip())
-        st = os.stat(directory)
-        parts += [str(st.st_dev), str(st.st_ino), str(os.stat("/proc/self/ns/pid").st_ino)]
+        parts += [str(os.stat(f"/proc/self/ns/{ns}").st_ino) for ns in ("mnt", "pid")]
     except OSError:
         return ""  # cannot tell: never negotiate shared memory
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()

@@ -39,6 +39,7 @@ class ServerChannel:
     def __init__(self, size: int, *, directory: str = DEFAULT_DIRECTORY,
                  inline_below: int = INLINE_BELOW) -> None:
         self.inline_below = inline_below
+        self.directory = directory
         self.c2s = Arena.create(size, directory=directory)
         try:
             self.s2c = Arena.create(size, directory=directory)
@@ -53,6 +54,7 @@ class ServerChannel:
             "c2s": self.c2s.segment.name,
             "s2c": self.s2c.segment.name,
             "size": self.c2s.capacity,
+            "dir": self.directory,
             "inline_below": self.inline_below,
         }
 

@@ -19,13 +19,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
     p.add_argument("--max-queue", type=int, default=1024,
                    help="requests queued before the server answers 'busy'")
+    p.add_argument("--no-shm", action="store_true",
+                   help="never offer shared memory to same-host clients")
+    p.add_argument("--shm-dir", default="/dev/shm",
+                   help="where shared-memory arenas are created (a tmpfs)")
+    p.add_argument("--shm-max-arena", type=int, default=1 << 30, metavar="BYTES",
+                   help="largest arena (per direction) a client may ask for")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         core = ServerCore(args.listen, device=args.device, backend=args.backend,
-                          max_queue=args.max_queue)
+                          max_queue=args.max_queue, shm=not args.no_shm,
+                          shm_dir=args.shm_dir, shm_max_arena=args.shm_max_arena)
         urls = core.bind()
     except (TensorwireError, ValueError, RuntimeError) as exc:
         print(f"tensorwire: error: {exc}", file=sys.stderr)

@@ -226,14 +226,21 @@ class Client:
         sock.send_multipart(frames, copy=False)
         item.sent_at = time.perf_counter()
         item.send = item.sent_at - item.sent_at_start
+        lookup = {item.rid: item}.get
         while not item.future.done():
-            remaining = item.deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+            # A receive timeout instead of Socket.poll, which builds a Poller per call.
+            remaining_ms = int((item.deadline - time.monotonic()) * 1000)
+            try:
+                if remaining_ms <= 0:
+                    raise zmq.Again
+                sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
+                frames = sock.recv_multipart(copy=False)
+            except zmq.Again:
                 raise TimeoutError(
                     f"request {item.rid} ({op or kind}): no reply from {self.url} "
                     f"within {self.timeout:g} s"
-                )
-            self._complete(sock.recv_multipart(copy=False), {item.rid: item}.get)
+                ) from None
+            self._complete(frames, lookup)
         return item.future.result()
 
     def _thread_socket(self) -> zmq.Socket[bytes]:

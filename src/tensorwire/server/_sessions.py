@@ -53,7 +53,7 @@ class Sessions:
             return {"shm": None, "shm_reason": "shared memory is disabled on this server"}
         if type(want) is not int or type(pid) is not int or want < 0 or pid <= 0:
             raise ProtocolError("hello: shm size and pid must be positive integers")
-        if not meta.get("host") or meta.get("host") != host_token(self.directory):
+        if not meta.get("host") or meta.get("host") != host_token():
             return {"shm": None, "shm_reason": "client is on another host"}
         size = min(max(want, MIN_ARENA), self.max_arena)
         try:
