@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# Ray/gRPC rows in peers.py only when importable (e.g. PYTHONPATH=/tmp/peerlibs make bench).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/seed_baseline.py --json bench-seed.json
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/seed_baseline.py --json bench-results/seed_baseline.json
+	$(BIN)/python benchmarks/shm.py --json bench-results/shm.json
+	$(BIN)/python benchmarks/peers.py --json bench-results/peers.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

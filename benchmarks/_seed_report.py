@@ -8,6 +8,10 @@ import _harness as h
 import _seed_paths as sp
 
 TW_ROWS = ("tw_zmq", "tw_auto")
+ROW_LABELS = {
+    "tw_zmq": "tensorwire transport=zmq (ZeroMQ frames)",
+    "tw_auto": "tensorwire transport=auto (default: shared memory)",
+}
 
 _TEN = "10 MB ipc: tensorwire"
 # (name, transport, size, measured key, comparison, threshold)
@@ -60,13 +64,16 @@ def build(results: dict[str, Any]) -> dict[str, Any]:
         }
     targets = []
     for name, transport, size, key, op, thr in TARGETS:
+        tres = results.get(transport, {})
         for row in TW_ROWS:
             col = f"{row}_1KB" if size == "small" else row
             value = ratios.get(transport, {}).get(size, {}).get(col, {}).get(key)
-            if row == "tw_auto" and value is None:
-                continue  # auto reported as its own row only when it took another path
+            paths = tres.get("sizes", {}).get(size, {}).get("tw_paths", {}).get(row)
             status = "SKIP" if value is None else _check(value, op, thr)
             entry = {"name": name, "row": row, "value": value, "op": op, "target": thr}
+            entry["paths"] = paths
+            if value is None and row == "tw_auto" and tres.get("auto_path") not in (None, "shm"):
+                entry["why"] = f"auto had no shared memory: {tres.get('auto_reason') or '?'}"
             targets.append({**entry, "status": status})
     return {"ratios": ratios, "targets": targets}
 
@@ -235,15 +242,32 @@ def print_round_trips(results: dict[str, Any], summary: dict[str, Any]) -> None:
                 )
 
 
+def _short_paths(paths: list[str] | None) -> str:
+    if not paths:
+        return "-"
+    req = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("request:"))
+    rep = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("reply:"))
+    return f"{req or '?'} → {rep or '?'}"
+
+
 def print_targets(summary: dict[str, Any], tw_ok: bool, reason: str) -> None:
     rows = [
-        [t["name"], t["row"], h.fmt_ratio(t["value"]), f"{t['op']} {t['target']}", t["status"]]
+        [
+            t["name"],
+            ROW_LABELS.get(t["row"], t["row"]),
+            _short_paths(t.get("paths")),
+            h.fmt_ratio(t["value"]),
+            f"{t['op']} {t['target']}",
+            t["status"],
+        ]
         for t in summary["targets"]
     ]
     notes = [] if tw_ok else [f"SKIP: tensorwire not measured ({reason})"]
+    notes += [f"{t['row']}: {t['why']}" for t in summary["targets"] if t.get("why")]
+    notes.append("trace = the path each tensor took (request → reply), from Client.last_trace.")
     h.print_table(
-        "Targets (from the issue; ratios of medians measured in this run)",
-        ["target", "row", "measured", "wanted", "status"],
+        "Targets (issue 2; ratios of medians measured in this run)",
+        ["target", "tensorwire client", "trace", "measured", "wanted", "status"],
         rows,
         notes,
     )

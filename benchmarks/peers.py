@@ -59,7 +59,7 @@ def free_port() -> int:
 # --- set-ups: each enters what it starts into `stack` and returns {name: call(arr)} -------------
 
 
-def setup_multipart(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
+def setup_multipart(stack: contextlib.ExitStack, tmp: str, arena: int) -> dict[str, Call]:
     argv = [sys.executable, ECHO, "--listen", h.endpoint("ipc", tmp, "echo")]
     _, url = stack.enter_context(h.child_server(argv, r"echo: listening on (\S+)"))
     ctx: zmq.Context[Any] = zmq.Context()
@@ -69,16 +69,16 @@ def setup_multipart(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
     return {"multipart": lambda arr: sp.round_trip("multipart", sock, arr)}
 
 
-def setup_tensorwire(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
+def setup_tensorwire(stack: contextlib.ExitStack, tmp: str, arena: int) -> dict[str, Call]:
     ok, reason = h.tensorwire_status()
     if not ok:
         raise Skip(reason)
     import tensorwire as tw
 
-    argv = h.tensorwire_serve_argv(h.endpoint("ipc", tmp, "tw"))
+    argv = h.tensorwire_serve_argv(h.endpoint("ipc", tmp, "tw"), ["--shm-max-arena", str(arena)])
     _, url = stack.enter_context(h.child_server(argv, h.TW_READY, timeout=60))
     cz = stack.enter_context(tw.Client(url, transport="zmq"))
-    ca = stack.enter_context(tw.Client(url))
+    ca = stack.enter_context(tw.Client(url, shm_size=arena))  # the default: shared memory
     return {
         "tw_zmq": lambda arr: cz.call("identity", arr),
         "tw_auto": lambda arr: ca.call("identity", arr),
@@ -86,7 +86,7 @@ def setup_tensorwire(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
     }
 
 
-def setup_torch_rpc(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
+def setup_torch_rpc(stack: contextlib.ExitStack, tmp: str, arena: int) -> dict[str, Call]:
     try:
         import torch
         import torch.distributed.rpc as rpc
@@ -106,7 +106,7 @@ def setup_torch_rpc(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
     return {"torch_rpc": call}
 
 
-def setup_ray(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
+def setup_ray(stack: contextlib.ExitStack, tmp: str, arena: int) -> dict[str, Call]:
     try:
         import ray
     except ImportError as exc:
@@ -127,7 +127,7 @@ def setup_ray(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
     }
 
 
-def setup_grpc(stack: contextlib.ExitStack, tmp: str) -> dict[str, Call]:
+def setup_grpc(stack: contextlib.ExitStack, tmp: str, arena: int) -> dict[str, Call]:
     try:
         import grpc
     except ImportError as exc:
@@ -154,7 +154,7 @@ SETUPS = (  # (set-up, the rows it provides)
 
 
 def start_all(
-    stack: contextlib.ExitStack, tmp: str, only: set[str] | None
+    stack: contextlib.ExitStack, tmp: str, only: set[str] | None, arena: int
 ) -> tuple[dict[str, Call], dict[str, str], Any]:
     calls: dict[str, Call] = {}
     skipped: dict[str, str] = {}
@@ -163,7 +163,7 @@ def start_all(
             continue
         inner = contextlib.ExitStack()
         try:
-            got = setup(inner, tmp)
+            got = setup(inner, tmp, arena)
         except Skip as exc:
             skipped[setup.__name__.removeprefix("setup_")] = str(exc)
             inner.close()
@@ -252,6 +252,67 @@ def print_size(label: str, res: dict[str, Any]) -> None:
     )
 
 
+# --- the issue-3 target ----------------------------------------------------------------------
+
+TARGET_SIZE = "10 MB"
+TARGET_SPEEDUP = 3.0
+
+
+def build_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """tensorwire (auto = shared memory; zmq frames for reference) vs TensorPipe at 10 MB:
+    speedup = torch_rpc median / tensorwire median, wanted >= 3."""
+    res = results.get(TARGET_SIZE)
+    out = []
+    for row in ("tw_auto", "tw_zmq"):
+        entry: dict[str, Any] = {
+            "name": f"{TARGET_SIZE}: tensorwire vs torch.distributed.rpc (TensorPipe), speedup",
+            "row": row,
+            "op": ">=",
+            "target": TARGET_SPEEDUP,
+            "value": None,
+        }
+        rt = res["round_trip"] if res else {}
+        if res is None:
+            entry["why"] = f"{TARGET_SIZE} not measured (--sizes)"
+        elif "torch_rpc" not in rt or row not in rt:
+            entry["why"] = f"{'torch_rpc' if 'torch_rpc' not in rt else row} not measured"
+        else:
+            entry["value"] = h.ratio(rt["torch_rpc"].median, rt[row].median)
+            entry["torch_rpc"] = rt["torch_rpc"].median
+            entry["tensorwire"] = rt[row].median
+        v = entry["value"]
+        entry["status"] = "SKIP" if v is None else ("PASS" if v >= TARGET_SPEEDUP else "FAIL")
+        if row != "tw_auto" and v is not None:
+            entry["status"] = "info"  # the target is for the default client (auto)
+        out.append(entry)
+    return out
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            t["name"],
+            LABELS[t["row"]],
+            h.fmt_time(t.get("tensorwire")),
+            h.fmt_time(t.get("torch_rpc")),
+            h.fmt_ratio(t["value"]),
+            f"{t['op']} {t['target']}×",
+            t["status"],
+        ]
+        for t in targets
+    ]
+    h.print_table(
+        "Target (issue 3): >= 3× faster than torch.distributed.rpc (TensorPipe), same run",
+        ["target", "tensorwire row", "tensorwire", "TensorPipe", "speedup", "wanted", "status"],
+        rows,
+        [f"{t['row']}: SKIP, {t['why']}" for t in targets if t.get("why")]
+        + [
+            "speedup = TensorPipe median / tensorwire median. The target is for the default"
+            " client (auto = shared memory); the zmq row is for reference only (info).",
+        ],
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1KB,10MB", help="comma list of float32 array sizes")
@@ -262,6 +323,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.size_list = [h.parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.only_set = {s.strip() for s in args.only.split(",")} if args.only else None
+    args.arena = max(64 << 20, 2 * max(args.size_list, default=0))  # every size fits in shm
     return args
 
 
@@ -270,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = h.machine_info()
     results: dict[str, Any] = {}
     with h.temp_dir() as tmp, contextlib.ExitStack() as stack:
-        calls, skipped, auto_client = start_all(stack, tmp, args.only_set)
+        calls, skipped, auto_client = start_all(stack, tmp, args.only_set, args.arena)
         for nbytes in args.size_list:
             print(f"  {h.size_label(nbytes)} ...", file=sys.stderr, flush=True)
             results[h.size_label(nbytes)] = bench_size(calls, auto_client, nbytes, args)
@@ -279,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print_size(label, res)
     for name, why in skipped.items():
         print(f"  skipped {name}: {why}")
+    targets = build_targets(results)
+    print_targets(targets)
     if args.json:
         h.write_json(
             args.json,
@@ -289,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                     "quick": args.quick,
                     "reps_scale": args.reps_scale,
                     "dtype": "float32",
+                    "arena_bytes": args.arena,
                 },
                 "skipped": skipped,
                 "results": results,
+                "targets": targets,
             },
         )
     return 0

@@ -3,7 +3,8 @@
 For each transport (ipc, tcp) and size of float32 array, the round trip client -> server ->
 client of: the seed's msgpack-of-tolist() path, the seed plan's msgpack-of-tobytes() path, a
 bare ZeroMQ multipart echo (header + raw frame, copy=False: the limit for a frame path), and
-tensorwire's `identity` op (transport="zmq", and "auto" when it takes another path). Seed paths
+tensorwire's `identity` op (transport="zmq": ZeroMQ frames; and the default transport="auto",
+which uses shared memory on one host, given an arena big enough for 100 MB). Seed paths
 talk to benchmarks/_echo_server.py (bytes only); tensorwire to a real `tensorwire serve`.
 
     python benchmarks/seed_baseline.py [--quick] [--sizes 1KB,10MB] [--transports ipc] [--json F]
@@ -47,8 +48,17 @@ def plan_reps(nbytes: int, quick: bool, scale: float) -> tuple[int, int]:
     raise AssertionError("unreachable")
 
 
+MIN_ARENA = 256 << 20  # bytes per direction for the default (auto) client: room for 100 MB
+
+
+def arena_bytes(sizes: list[int]) -> int:
+    """Arena (per direction) for the auto client and the server's --shm-max-arena: every size
+    measured here fits, so 100 MB also goes through shared memory."""
+    return max(MIN_ARENA, 2 * max(sizes, default=0))
+
+
 @contextlib.contextmanager
-def servers(transport: str, tw_ok: bool) -> Iterator[dict[str, str]]:
+def servers(transport: str, tw_ok: bool, arena: int) -> Iterator[dict[str, str]]:
     """Plain echo, stamping echo and (when available) a tensorwire server, all on `transport`."""
     with h.temp_dir() as tmp, contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
@@ -62,20 +72,31 @@ def servers(transport: str, tw_ok: bool) -> Iterator[dict[str, str]]:
             )
         )
         if tw_ok:
-            argv = h.tensorwire_serve_argv(h.endpoint(transport, tmp, "tw"))
+            argv = h.tensorwire_serve_argv(
+                h.endpoint(transport, tmp, "tw"), ["--shm-max-arena", str(arena)]
+            )
             _, urls["tw"] = stack.enter_context(h.child_server(argv, h.TW_READY, timeout=60))
         yield urls
 
 
 @contextlib.contextmanager
-def tw_clients(url: str | None) -> Iterator[dict[str, Any]]:
+def tw_clients(url: str | None, arena: int) -> Iterator[dict[str, Any]]:
+    """transport="zmq" (frames) and the default transport="auto" (shared memory on one host,
+    with an arena big enough for every size measured)."""
     if url is None:
         yield {}
         return
     import tensorwire as tw
 
-    with tw.Client(url, transport="zmq") as cz, tw.Client(url) as ca:
+    with tw.Client(url, transport="zmq") as cz, tw.Client(url, shm_size=arena) as ca:
         yield {"tw_zmq": cz, "tw_auto": ca}
+
+
+def auto_is_zmq(clients: dict[str, Any]) -> bool:
+    """True when the auto client got no shared memory (tcp, or refused): then it is the zmq
+    path again and gets no row of its own."""
+    ca = clients.get("tw_auto")
+    return ca is not None and getattr(ca, "path", "zmq") != "shm"
 
 
 def check_echo(name: str, out: Any, arr: np.ndarray) -> None:
@@ -95,10 +116,10 @@ def bench_size(
         check_echo(name, client.call("identity", arr), arr)
         tw_paths[name] = sp.trace_paths(client.last_trace)
         fns[name] = (lambda c: lambda: c.call("identity", arr))(client)
-    auto_paths = tw_paths.get("tw_auto", [])
-    if "tw_auto" in fns and auto_paths and sp.is_frame_path(auto_paths):
+    if "tw_auto" in fns and auto_is_zmq(clients):
         del fns["tw_auto"]
-        res["notes"].append(f"transport=auto took {tw_paths['tw_auto']}: same as zmq, no row")
+        why = getattr(clients["tw_auto"], "shm_reason", "") or "no shared memory"
+        res["notes"].append(f"transport=auto took {tw_paths['tw_auto']} ({why}): no row")
     for p in sp.SEED_PATHS:
         check_echo(p, fns[p](), arr)
     counts = {n: (tl_reps if n == "tolist" else reps) for n in fns}
@@ -149,22 +170,25 @@ def limits(
     }
     for name, client in clients.items():
         check_echo(name, client.call("identity", small), small)
-        paths = sp.trace_paths(client.last_trace)
-        if name == "tw_auto" and paths and sp.is_frame_path(paths):
+        if name == "tw_auto" and auto_is_zmq(clients):
             continue
         fns[f"{name}_1KB"] = (lambda c: lambda: c.call("identity", small))(client)
     return h.measure_interleaved(fns, {k: reps for k in fns}, warmup=50, block=10)
 
 
 def run_transport(transport: str, sizes: list[int], tw_ok: bool, args: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"sizes": {}}
+    arena = arena_bytes(sizes)
+    out: dict[str, Any] = {"sizes": {}, "arena_bytes": arena}
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        with servers(transport, tw_ok) as urls:
+        with servers(transport, tw_ok, arena) as urls:
             out["urls"] = urls
             socks = {k: sp.dealer(ctx, urls[k]) for k in ("echo", "stamp")}
             try:
-                with tw_clients(urls.get("tw")) as clients:
+                with tw_clients(urls.get("tw"), arena) as clients:
+                    ca = clients.get("tw_auto")
+                    out["auto_path"] = getattr(ca, "path", None) if ca else None
+                    out["auto_reason"] = getattr(ca, "shm_reason", "") if ca else ""
                     out["limits"] = limits(socks, clients, args)
                     for nbytes in sizes:
                         label = h.size_label(nbytes)

@@ -89,3 +89,33 @@ def test_peers_quick(tmp_path: Path) -> None:
             assert name in res["ratios"]
     for name, why in report["skipped"].items():
         assert why, f"{name} skipped without a reason"
+    assert {t["status"] for t in report["targets"]} <= {"PASS", "FAIL", "SKIP", "info"}
+
+
+SHM_TARGETS = 5
+
+
+@pytest.mark.timeout(60)
+def test_shm_quick(tmp_path: Path) -> None:
+    out = tmp_path / "shm.json"
+    proc = _run("shm.py", "--quick", "--size", "64KB", "--large", "128KB", "--json", str(out))
+    assert "Targets" in proc.stdout and "floor" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "results", "targets"} <= set(report)
+    assert report["config"]["quick"] is True
+    assert set(report["results"]) == {"small", "main", "large"}
+    small = report["results"]["small"]
+    for key in ("pingpong_1B", "tw_auto_1KB", "tw_zmq_1KB", "empty_identity", "empty_neg"):
+        _positive_median(small["round_trip"][key])
+        assert key in small["ratios"]
+    for group in ("main", "large"):
+        res = report["results"][group]
+        for key in ("floor", "copy_2x", "tw_auto", "tw_auto_copy", "tw_zmq", "multipart"):
+            _positive_median(res["round_trip"][key])
+        assert res["ratios"]["floor"]["vs_floor"] == pytest.approx(1.0)
+        if report["config"]["auto_path"] == "shm":  # same host: the arena carries the bytes
+            assert any(p.endswith("shm") for p in res["paths"]["tw_auto"]), res["paths"]
+    assert len(report["targets"]) == SHM_TARGETS
+    for t in report["targets"]:
+        assert t["status"] in {"PASS", "FAIL", "SKIP"}
+        assert t["value"] is None or t["value"] > 0

@@ -75,7 +75,8 @@ class Client:
         self._channel: ClientChannel | None = None
         self._session: str | None = None
         self.shm_reason = "transport='zmq' was asked for" if transport == "zmq" else ""
-        self.last_trace: dict[str, Any] = {}
+        self._trace_parts: tuple[Any, ...] | None = None
+        self._trace: dict[str, Any] = {}
         self._transport: Transport = get_transport(url)
         self._ids = itertools.count(1)
         self._closed = self._stopping = False
@@ -110,6 +111,23 @@ class Client:
             raise TransportError(f"shared memory required but unavailable: {self.shm_reason}")
 
     @property
+    def last_trace(self) -> dict[str, Any]:
+        """Seconds per stage of the last completed request, and each tensor's path."""
+        if self._trace_parts is not None:  # built on first read: most calls never look
+            item, received, done, server, reply_paths = self._trace_parts
+            self._trace = build_trace(
+                serialize=item.serialize,
+                send=item.send,
+                wait=received - item.sent_at,
+                deserialize=done - received,
+                server=server,
+                request_paths=item.request_paths,
+                reply_paths=reply_paths,
+            )
+            self._trace_parts = None
+        return self._trace
+
+    @property
     def path(self) -> str:
         """'shm' when bulk tensors go through shared memory, else 'zmq'."""
         return "shm" if self._channel is not None else "zmq"
@@ -127,6 +145,7 @@ class Client:
         without a copy.
         """
         item, frames = self._prepare("call", op, args, kwargs)
+        item.future = Future()
         if self._pump is None:
             with self._sockets_lock:
                 if self._pump is None:
@@ -227,7 +246,7 @@ class Client:
         item.sent_at = time.perf_counter()
         item.send = item.sent_at - item.sent_at_start
         lookup = {item.rid: item}.get
-        while not item.future.done():
+        while not item.done:
             # A receive timeout instead of Socket.poll, which builds a Poller per call.
             remaining_ms = int((item.deadline - time.monotonic()) * 1000)
             try:
@@ -241,7 +260,7 @@ class Client:
                     f"within {self.timeout:g} s"
                 ) from None
             self._complete(frames, lookup)
-        return item.future.result()
+        return item.outcome()
 
     def _thread_socket(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] | None = getattr(self._local, "sock", None)
@@ -284,9 +303,9 @@ class Client:
         t1 = time.perf_counter()
         item = Pending(
             rid=rid,
-            future=Future(),
+            future=None,
             deadline=time.monotonic() + self.timeout,
-            kind=first_kind(args) if kind == "call" else None,
+            kind=_kind_of(args) if kind == "call" else None,
             request_paths=encoded.paths,
             serialize=t1 - t0,
             sent_at_start=t1,
@@ -304,28 +323,21 @@ class Client:
             item = lookup(meta.get("id"))
             if item is not None:
                 err = meta.get("err")
-                item.future.set_exception(_remote_exception(err) if err else exc)
+                item.settle(error=_remote_exception(err) if err else exc)
             return
         item = lookup(decoded.meta.get("id"))
         if item is None:
             return
         if not decoded.meta.get("ok"):
-            item.future.set_exception(_remote_exception(decoded.meta.get("err")))
+            item.settle(error=_remote_exception(decoded.meta.get("err")))
             return
         payload = decoded.payload
         if self.copy and any(p.startswith("shm") for p in decoded.paths):
             payload = _copied(payload)
         result = restore_kind(payload, item.kind)
-        self.last_trace = build_trace(
-            serialize=item.serialize,
-            send=item.send,
-            wait=received - item.sent_at,
-            deserialize=time.perf_counter() - received,
-            server=decoded.meta.get("t"),
-            request_paths=item.request_paths,
-            reply_paths=decoded.paths,
-        )
-        item.future.set_result(result)
+        self._trace_parts = (item, received, time.perf_counter(), decoded.meta.get("t"),
+                             decoded.paths)
+        item.settle(result)
 
     # -- the pump: one socket, many requests in flight --------------------------------
 
@@ -355,6 +367,12 @@ class Client:
             sock.send_multipart(frames, copy=False)
             item.sent_at = time.perf_counter()
             item.send = item.sent_at - item.sent_at_start
+
+
+def _kind_of(args: tuple[Any, ...]) -> str | None:
+    if args and type(args[0]) is np.ndarray:
+        return "numpy"  # the common case, without walking the arguments
+    return first_kind(args)
 
 
 def _copied(value: Any) -> Any:

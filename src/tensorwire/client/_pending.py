@@ -16,7 +16,7 @@ class Pending:
     """One request in flight: its future, deadline, and what the trace needs."""
 
     rid: int
-    future: Future[Any]
+    future: Future[Any] | None  # only for submit(); call() reads the outcome directly
     deadline: float
     kind: str | None
     request_paths: list[str]
@@ -25,6 +25,24 @@ class Pending:
     sent_at: float = 0.0
     send: float = 0.0
     keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.value, self.error = True, value, error
+        if self.future is not None:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class PendingTable:
@@ -63,5 +81,4 @@ class PendingTable:
 
 
 def _fail(item: Pending, exc: BaseException) -> None:
-    if not item.future.done():
-        item.future.set_exception(exc)
+    item.settle(error=exc)

@@ -167,8 +167,14 @@ def decode(
 def _unpack(
     header: memoryview, state: _DecodeState, resolver_for: ResolverFor | None
 ) -> tuple[dict[str, Any], Any]:
-    """Read [version, meta, payload] in order, so the version is checked before the payload
-    is parsed and the meta can pick the channel that resolves the payload's tensors."""
+    """[version, meta, payload], checked. With `resolver_for`, read them one by one so
+    the meta picks the channel that resolves the payload's tensors."""
+    if resolver_for is None:  # one C call: the fast path
+        obj = msgpack.unpackb(header, ext_hook=state.ext_hook, raw=False, strict_map_key=True)
+        if not isinstance(obj, list) or len(obj) != 3:
+            raise ProtocolError("header is not a tensorwire message")
+        _check_version(obj[0])
+        return _check_meta(obj[1]), obj[2]
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=True, ext_hook=state.ext_hook,
         max_buffer_size=max(header.nbytes, 1),
@@ -180,21 +186,27 @@ def _unpack(
         length = -1
     if length != 3:
         raise ProtocolError("header is not a tensorwire message")
-    version = unpacker.unpack()
+    _check_version(unpacker.unpack())
+    meta = _check_meta(unpacker.unpack())
+    state.resolver = resolver_for(meta)
+    payload = unpacker.unpack()
+    if unpacker.tell() != header.nbytes:
+        raise ProtocolError(f"malformed header: {header.nbytes - unpacker.tell()} trailing bytes")
+    return meta, payload
+
+
+def _check_version(version: Any) -> None:
     # Exact int check: a decoded tensor here would make `!=` elementwise (ValueError).
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise VersionMismatch(
             f"peer speaks tensorwire protocol {_short(version)}; this side speaks {PROTOCOL_VERSION}"
         )
-    meta = unpacker.unpack()
+
+
+def _check_meta(meta: Any) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ProtocolError("header has no meta map")
-    if resolver_for is not None:
-        state.resolver = resolver_for(meta)
-    payload = unpacker.unpack()
-    if unpacker.tell() != header.nbytes:
-        raise ProtocolError(f"malformed header: {header.nbytes - unpacker.tell()} trailing bytes")
-    return meta, payload
+    return meta
 
 
 class _DecodeState:

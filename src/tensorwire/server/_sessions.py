@@ -60,6 +60,11 @@ class Sessions:
             channel = ServerChannel(size, directory=self.directory)
         except ChannelError as exc:
             return {"shm": None, "shm_reason": f"cannot create the arena: {exc}"}
+        except OSError as exc:  # directory gone or unwritable, no fds, mmap refused
+            # strerror only: str(exc) would name the segment's path.
+            log.warning("cannot create a shared-memory arena: %s", exc)
+            reason = exc.strerror or type(exc).__name__
+            return {"shm": None, "shm_reason": f"cannot create the arena: {reason}"}
         sid = secrets.token_hex(16)
         self._sessions[sid] = Session(sid, pid, channel)
         return {"shm": channel.offer(), "session": sid}

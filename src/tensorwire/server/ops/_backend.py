@@ -20,6 +20,7 @@ class Backend(ABC):
     name: str  # "numpy" | "torch"
     device: str  # "cpu", "cuda:0", ...
     kernels: Mapping[str, Kernel]  # one per row of the op table, checked against it
+    wire_is_native: bool = False  # from_wire is the identity: skip converting arguments
 
     @abstractmethod
     def from_wire(self, arr: np.ndarray) -> Any:

@@ -15,6 +15,7 @@ _KERNELS = check_kernels("numpy", KERNELS)
 
 class NumpyBackend(Backend):
     name = "numpy"
+    wire_is_native = True
 
     def __init__(self, device: str = "auto") -> None:
         if device not in ("auto", "cpu"):

@@ -36,6 +36,10 @@ def _narrow(values: tuple[Any, ...]) -> np.dtype | None:
     return floats.pop() if len(floats) == 1 and floats <= set(_HALF) else None
 
 
+def _is_half(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype in _HALF
+
+
 def _widen(value: Any) -> Any:
     if isinstance(value, np.ndarray) and value.dtype in _HALF:
         return value.astype(np.float32)
@@ -48,8 +52,9 @@ def _kernel(name: str, *, wide: bool = True) -> Callable[[Kernel], Kernel]:
     def register(fn: Kernel) -> Kernel:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            narrow = _narrow(args + tuple(kwargs.values())) if wide else None
-            if wide:
+            values = args + tuple(kwargs.values()) if wide else ()
+            narrow = _narrow(values) if wide else None
+            if narrow is not None or any(_is_half(v) for v in values):
                 args = tuple(_widen(a) for a in args)
                 kwargs = {k: _widen(v) for k, v in kwargs.items()}
             with np.errstate(all="ignore"):

@@ -12,7 +12,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,14 +31,23 @@ class _Entry:
     params: inspect.Signature
     dtypes: str | None = None  # built-ins: the dtype category of every tensor input
     fn: Kernel | None = None  # custom ops: one function for all backends
+    bound_shapes: set[tuple[Any, ...]] = field(default_factory=set)  # (nargs, *kw) seen to bind
+
+
+_MAX_BOUND_SHAPES = 64
 
 
 def _is_wire(value: Any) -> bool:
     return isinstance(value, np.ndarray)
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
 def tree_map(fn: Callable[[Any], Any], value: Any, is_leaf: Callable[[Any], bool]) -> Any:
     """Apply `fn` to every leaf of nested lists, tuples and dict values."""
+    if type(value) is list and not any(isinstance(v, _CONTAINERS) for v in value):
+        return [fn(v) if is_leaf(v) else v for v in value]  # the common flat case
     if is_leaf(value):
         return fn(value)
     if isinstance(value, list):
@@ -128,9 +137,12 @@ class OpRegistry:
         Raises UnknownOp, OpArgumentError or OpFailed (all OpError).
         """
         entry, fn = self._prepare(name, backend, args, kwargs, _is_wire)
-        args = tree_map(backend.from_wire, args, _is_wire)
-        kwargs = tree_map(backend.from_wire, kwargs, _is_wire)
+        if not backend.wire_is_native:
+            args = tree_map(backend.from_wire, args, _is_wire)
+            kwargs = tree_map(backend.from_wire, kwargs, _is_wire) if kwargs else kwargs
         result = _run(entry, fn, args, kwargs)
+        if type(result) is np.ndarray or backend.is_tensor(result):
+            return backend.to_wire(result)  # the common single-tensor result
 
         def is_out(v: Any) -> bool:
             return backend.is_tensor(v) or isinstance(v, np.ndarray | np.number | np.bool_)
@@ -171,6 +183,11 @@ def _bind(entry: _Entry, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Raise OpArgumentError unless args/kwargs fit the op's signature."""
     if not all(isinstance(k, str) for k in kwargs):
         raise OpArgumentError(f"op {entry.name!r}: keyword names must be strings")
+    # Whether a call binds depends only on how many positionals and which keywords it
+    # has, so each such shape is checked with inspect (slow) once per op.
+    shape = (len(args), *kwargs)
+    if shape in entry.bound_shapes:
+        return
     try:
         entry.params.bind(*args, **kwargs)
     except TypeError as exc:
@@ -179,6 +196,8 @@ def _bind(entry: _Entry, args: list[Any], kwargs: dict[str, Any]) -> None:
             got += f" and keywords {sorted(kwargs)}"
         takes = entry.signature.removeprefix(entry.name)
         raise OpArgumentError(f"op {entry.name!r} takes {takes}; got {got} ({exc})") from None
+    if len(entry.bound_shapes) < _MAX_BOUND_SHAPES:
+        entry.bound_shapes.add(shape)
 
 
 def _check_dtypes(
@@ -188,7 +207,7 @@ def _check_dtypes(
     is_tensor: Callable[[Any], bool],
 ) -> None:
     assert entry.dtypes is not None
-    for tensor in _leaves([args, kwargs], is_tensor):
+    for tensor in _leaves(args, is_tensor) + (_leaves(kwargs, is_tensor) if kwargs else []):
         dtype = _dtype_name(tensor.dtype)
         if not dtype_allowed(entry.dtypes, dtype):
             allowed = ", ".join(sorted(DTYPE_CATEGORIES[entry.dtypes]))
