@@ -25,6 +25,7 @@ from ._client_side import ClientChannel
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
+from ._pipe import MessagePipe, pack_message, small_message
 from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
 from ._server_side import ServerChannel
@@ -37,6 +38,7 @@ __all__ = [
     "ChannelError",
     "ClientChannel",
     "Doorbell",
+    "MessagePipe",
     "SHM_ALIAS",
     "SHM_COPY",
     "SHM_ZERO_COPY",
@@ -45,6 +47,8 @@ __all__ = [
     "ServerChannel",
     "ShmFullError",
     "host_token",
+    "pack_message",
     "pid_alive",
+    "small_message",
     "sweep_stale",
 ]

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import ProtocolError
 from ._arena import Arena
-from ._errors import ChannelError
+from ._errors import ChannelError, SegmentRefused
+from ._pipe import MessagePipe
 from ._regions import (
     C2S,
     FRAME_ARENA_FULL,
@@ -53,6 +54,13 @@ class ClientChannel:
             c2s.close()
             raise
         self.inline_below = inline_below
+        self.pipe: MessagePipe | None = None
+        self.pipe_lock = threading.Lock()  # one call at a time on the pipe; others use zmq
+        if offer.get("pipe"):
+            try:
+                self.pipe = MessagePipe.attach(offer["pipe"], directory, max_message=1 << 62)
+            except SegmentRefused:
+                self.pipe = None  # the arenas still work; small calls go through zmq
         self.c2s_alloc = Arena(c2s)  # we allocate request space; the server only reads it
         self.regions = (Region(c2s), Region(s2c))
         # Live blocks per region: offset -> the ctypes object every view of it hangs on.
@@ -120,6 +128,9 @@ class ClientChannel:
         return out
 
     def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
         for region in self.regions:
             region.segment.close()
 
@@ -127,7 +138,8 @@ class ClientChannel:
 
     def _new_block(self, region: int, offset: int, nbytes: int) -> Any:
         block = self.regions[region].block(offset, nbytes)
-        self._live[region][offset] = block
+        with self._lock:  # another thread may be scanning _live in _containing
+            self._live[region][offset] = block
         if region == C2S:
             weakref.finalize(block, _free_quietly, self.c2s_alloc, offset)
         else:
@@ -135,7 +147,9 @@ class ClientChannel:
         return block
 
     def _containing(self, region: int, offset: int, size: int) -> tuple[int, Any]:
-        for start, block in list(self._live[region].items()):
+        with self._lock:  # an insert from another thread would break the iteration
+            live = list(self._live[region].items())
+        for start, block in live:
             if start <= offset and offset + size <= start + len(block):
                 return start, block
         raise ProtocolError("result refers to arena memory this client does not hold")

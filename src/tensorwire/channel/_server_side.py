@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ProtocolError
 from ._arena import Arena
+from ._pipe import MessagePipe
 from ._errors import ChannelError
 from ._regions import (
     C2S,
@@ -47,6 +48,11 @@ class ServerChannel:
             self.c2s.close()
             raise
         self.regions = (Region(self.c2s.segment), Region(self.s2c.segment))
+        try:
+            self.pipe: MessagePipe | None = MessagePipe.create(directory)
+        except OSError as exc:  # FIFOs unsupported there: the session still has the arenas
+            log.info("no message pipe for this session: %s", exc.strerror)
+            self.pipe = None
 
     def offer(self) -> dict[str, Any]:
         """What the client needs to attach (sent only to a client on this host)."""
@@ -56,6 +62,7 @@ class ServerChannel:
             "size": self.c2s.capacity,
             "dir": self.directory,
             "inline_below": self.inline_below,
+            "pipe": self.pipe.name if self.pipe is not None else None,
         }
 
     def resolve(self, location: Any, nbytes: int) -> tuple[Any, str]:
@@ -92,5 +99,8 @@ class ServerChannel:
                 log.info("client released a block it does not hold: %s", exc)
 
     def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
         self.c2s.close()
         self.s2c.close()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..channel import ClientChannel, host_token
+from ..channel import ChannelError, ClientChannel, host_token, small_message
 from ..codec import decode, encode_payload, first_kind, peek_meta, restore_kind, to_numpy
 from ..errors import (
     WIRE_ERRORS,
@@ -116,6 +116,7 @@ class Client:
         if self._trace_parts is not None:  # built on first read: most calls never look
             item, received, done, server, reply_paths = self._trace_parts
             self._trace = build_trace(
+                carrier=item.carrier,
                 serialize=item.serialize,
                 send=item.send,
                 wait=received - item.sent_at,
@@ -241,10 +242,22 @@ class Client:
         item, frames = self._prepare(kind, op, args, kwargs)
         if timeout is not None:
             item.deadline = time.monotonic() + timeout
+        channel = self._channel
+        if channel is not None and channel.pipe is not None and kind == "call":
+            message = small_message(frames)
+            if message is not None and channel.pipe_lock.acquire(blocking=False):
+                try:
+                    return self._over_pipe(channel, message, item)
+                finally:
+                    channel.pipe_lock.release()
+        return self._over_zmq(frames, item)
+
+    def _over_zmq(self, frames: list[Any], item: Pending) -> Any:
         sock = self._thread_socket()
         sock.send_multipart(frames, copy=False)
         item.sent_at = time.perf_counter()
         item.send = item.sent_at - item.sent_at_start
+        item.carrier = "zmq"
         lookup = {item.rid: item}.get
         while not item.done:
             # A receive timeout instead of Socket.poll, which builds a Poller per call.
@@ -255,12 +268,35 @@ class Client:
                 sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
                 frames = sock.recv_multipart(copy=False)
             except zmq.Again:
-                raise TimeoutError(
-                    f"request {item.rid} ({op or kind}): no reply from {self.url} "
-                    f"within {self.timeout:g} s"
-                ) from None
+                raise self._timeout(item) from None
             self._complete(frames, lookup)
         return item.outcome()
+
+    def _over_pipe(self, channel: ClientChannel, message: bytes, item: Pending) -> Any:
+        """The same-host fast path: one pipe write, one pipe read (caller holds the lock)."""
+        pipe = channel.pipe
+        assert pipe is not None
+        try:
+            pipe.send(message, item.deadline - time.monotonic())
+        except ChannelError:
+            channel.pipe = None  # partly written: the stream is unframed; zmq from now on
+            raise self._timeout(item) from None
+        item.sent_at = time.perf_counter()
+        item.send = item.sent_at - item.sent_at_start
+        item.carrier = "pipe"
+        lookup = {item.rid: item}.get
+        while not item.done:
+            if not pipe.wait_readable(item.deadline - time.monotonic()):
+                raise self._timeout(item)
+            pipe.reader.read_available()
+            for frames in pipe.reader.messages():
+                self._complete(frames, lookup)
+        return item.outcome()
+
+    def _timeout(self, item: Pending) -> TimeoutError:
+        return TimeoutError(
+            f"request {item.rid}: no reply from {self.url} within {self.timeout:g} s"
+        )
 
     def _thread_socket(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] | None = getattr(self._local, "sock", None)

@@ -24,6 +24,7 @@ class Pending:
     sent_at_start: float
     sent_at: float = 0.0
     send: float = 0.0
+    carrier: str = "zmq"  # how the messages travelled: "zmq" or "pipe"
     keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
     done: bool = False
     value: Any = None

@@ -18,26 +18,29 @@ from typing import Any
 import zmq
 
 from ..channel import DEFAULT_DIRECTORY
+from ..channel import ChannelError, pack_message
 from ..codec import DEFAULT_LIMITS, Limits, decode, encode, encode_payload, peek_meta
-from ..errors import ServerBusy
+from ..errors import ProtocolError, ServerBusy
 from ..trace import server_stages
 from ..transport import Transport, get_transport, server_socket
 from ._handlers import Handler, error_meta, parse_request
-from ._sessions import Sessions
+from ._sessions import Session, Sessions
 from .ops import OpRegistry, default_registry, make_backend
 
 log = logging.getLogger("tensorwire.server")
 
+PIPE_REPLY_TIMEOUT = 5.0  # seconds a client may take to drain a large reply from its pipe
 POLL_MS = 100  # how often a stop request is noticed while idle
 DRAIN_BATCH = 64  # messages taken from one socket per turn
 
 
 @dataclass
 class _Incoming:
-    sock: zmq.Socket[bytes]
+    sock: zmq.Socket[bytes] | None  # None: it came through a session's message pipe
     ident: Any
     frames: list[Any]
     arrived: float
+    session: Session | None = None
 
 
 class ServerCore:
@@ -86,19 +89,30 @@ class ServerCore:
         self._stop.set()
 
     def serve_forever(self) -> None:
-        poller = zmq.Poller()
-        for sock in self._socks:
-            poller.register(sock, zmq.POLLIN)
+        poller, pipes, version = self._poller(), {}, -1
         while not self._stop.is_set():
+            if version != self.sessions.version:  # sessions came or went: poll their pipes
+                poller, pipes, version = self._poller(), self.sessions.pipes(), self.sessions.version
+                for fd in pipes:
+                    poller.register(fd, zmq.POLLIN)
             ready = dict(poller.poll(0 if self._queue else POLL_MS))
             for sock in self._socks:
                 if sock in ready:
                     self._drain(sock)
+            for fd, session in pipes.items():
+                if fd in ready:
+                    self._drain_pipe(session)
             if self._queue:
                 self._serve_one(self._queue.popleft())
             self.sessions.reap()
         while self._queue:  # answer everything already accepted before exiting
             self._serve_one(self._queue.popleft())
+
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in self._socks:
+            poller.register(sock, zmq.POLLIN)
+        return poller
 
     def close(self) -> None:
         self.sessions.close_all()
@@ -117,12 +131,26 @@ class ServerCore:
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
             ident, *frames = sock.recv_multipart(copy=False)
-            item = _Incoming(sock, ident, frames, time.perf_counter())
-            if len(self._queue) >= self.max_queue:
-                busy = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
-                self._reply(item, encode(error_meta(peek_meta(frames[0] if frames else b"").get("id"), busy)))
-            else:
-                self._queue.append(item)
+            self._enqueue(_Incoming(sock, ident, frames, time.perf_counter()))
+
+    def _enqueue(self, item: _Incoming) -> None:
+        if len(self._queue) < self.max_queue:
+            self._queue.append(item)
+            return
+        busy = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
+        rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
+        self._reply(item, encode(error_meta(rid, busy)))
+
+    def _drain_pipe(self, session: Session) -> None:
+        pipe = session.channel.pipe
+        if pipe is None:
+            return
+        try:
+            pipe.reader.read_available()
+            for frames in pipe.reader.messages():
+                self._enqueue(_Incoming(None, None, frames, time.perf_counter(), session))
+        except ProtocolError as exc:  # framing is lost: this client's pipe cannot recover
+            self.sessions.end(session, f"unreadable message pipe: {exc}")
 
     def _serve_one(self, item: _Incoming) -> None:
         started = time.perf_counter()
@@ -132,6 +160,8 @@ class ServerCore:
             request = parse_request(decoded.meta, decoded.payload)
             rid = request.rid
             session = self.sessions.get(decoded.meta)
+            if item.session is not None and session is not item.session:
+                raise ProtocolError("a message pipe carries only its own session's requests")
             if session is not None and "fr" in decoded.meta:
                 session.channel.release(decoded.meta["fr"])
             deserialized = time.perf_counter()
@@ -152,9 +182,23 @@ class ServerCore:
         self._reply(item, frames)
 
     def _reply(self, item: _Incoming, frames: list[Any]) -> None:
+        if item.sock is None:
+            self._reply_pipe(item, frames)
+            return
         try:
             item.sock.send_multipart([item.ident, *frames], copy=False)
         except zmq.Again:
             log.warning("client is not reading its replies; reply dropped after HWM")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
             log.info("reply not delivered: %s", exc)
+
+    def _reply_pipe(self, item: _Incoming, frames: list[Any]) -> None:
+        session = item.session
+        pipe = session.channel.pipe if session is not None else None
+        if session is None or pipe is None:
+            return  # the session ended while the request waited: its client is gone
+        try:
+            pipe.send(pack_message(frames), PIPE_REPLY_TIMEOUT)
+        except ChannelError as exc:
+            self.sessions.end(session, str(exc))
+

@@ -39,6 +39,7 @@ class Sessions:
         self.max_arena = max_arena
         self._sessions: dict[str, Session] = {}
         self._next_reap = 0.0
+        self.version = 0  # bumped whenever the set of sessions (and their pipes) changes
         if enabled:
             removed = sweep_stale(directory)
             if removed:
@@ -67,6 +68,7 @@ class Sessions:
             return {"shm": None, "shm_reason": f"cannot create the arena: {reason}"}
         sid = secrets.token_hex(16)
         self._sessions[sid] = Session(sid, pid, channel)
+        self.version += 1
         return {"shm": channel.offer(), "session": sid}
 
     def get(self, meta: dict[str, Any]) -> Session | None:
@@ -105,7 +107,18 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def pipes(self) -> dict[int, Session]:
+        """The read end of every session's message pipe."""
+        return {
+            s.channel.pipe.recv_fd: s for s in self._sessions.values() if s.channel.pipe is not None
+        }
+
+    def end(self, session: Session, why: str) -> None:
+        log.info("ending session of client process %d: %s", session.pid, why)
+        self._end(session.sid)
+
     def _end(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
         if session is not None:
             session.channel.close()
+            self.version += 1

@@ -34,10 +34,12 @@ def build_trace(
     server: Any,
     request_paths: list[str],
     reply_paths: list[str],
+    carrier: str = "zmq",
 ) -> dict[str, Any]:
     """Assemble the trace dict exposed as `Client.last_trace`.
 
-    `wait` is the client's time from the end of send to the reply in hand;
+    `carrier` names how the messages themselves travelled ("zmq", or "pipe" for the
+    same-host fast path). `wait` is the client's time from the end of send to the reply in hand;
     `receive` is what remains of it once the server's own stages are removed.
     """
     stages = dict(zip(SERVER_STAGES, _server_values(server), strict=True))
@@ -50,7 +52,7 @@ def build_trace(
         "client_deserialize": deserialize,
     }
     trace["total"] = serialize + send + wait + deserialize
-    trace["paths"] = {"request": request_paths, "reply": reply_paths}
+    trace["paths"] = {"request": request_paths, "reply": reply_paths, "message": carrier}
     return trace
 
 
