@@ -24,7 +24,16 @@ import numpy as np
 import zmq
 
 from ..channel import ChannelError, ClientChannel, host_token, small_message
-from ..codec import decode, encode_payload, first_kind, peek_meta, restore_kind, to_numpy
+from ..codec import (
+    HandleRef,
+    content_digest,
+    decode,
+    encode_payload,
+    first_kind,
+    peek_meta,
+    restore_kind,
+    to_numpy,
+)
 from ..errors import (
     WIRE_ERRORS,
     ConnectionClosed,
@@ -37,6 +46,7 @@ from ..errors import (
 from ..trace import build_trace
 from ..transport import Transport, client_socket, get_transport
 from ._pending import Pending, PendingTable
+from ._remote import RemoteTensor
 
 TRANSPORTS = ("auto", "zmq")
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
@@ -85,6 +95,7 @@ class Client:
         self._sockets: list[zmq.Socket[bytes]] = []
         self._sockets_lock = threading.Lock()
         self._pending = PendingTable()
+        self._dropped: deque[int] = deque()  # handles garbage-collected here, to free there
         self._outbox: deque[tuple[Pending, list[Any]]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._pump: threading.Thread | None = None
@@ -96,15 +107,19 @@ class Client:
             raise
 
     def _negotiate(self, require: str | None) -> None:
-        """Attach to the arenas the server offered, or note why there are none."""
+        """Take the session the server opened; attach to its arenas, or note why not."""
         offer, sid = self.server_info.get("shm"), self.server_info.get("session")
-        if offer and isinstance(sid, str):
-            self._session = sid
+        self._session = sid if isinstance(sid, str) else None
+        if offer and self._session is not None:
             try:
                 self._channel = ClientChannel(offer)
             except TensorwireError as exc:
+                # The server would place results where we cannot read: start over without.
                 self.shm_reason = f"cannot attach the server's arena: {exc}"
                 self._bye()
+                self._shm_size = 0
+                self.server_info = self._request("hello", "", (), {})
+                self._session = self.server_info.get("session")
         elif self.transport == "auto":
             self.shm_reason = str(self.server_info.get("shm_reason", "not offered"))
         if require == "shm" and self._channel is None:
@@ -136,8 +151,13 @@ class Client:
     # -- public surface -------------------------------------------------------------
 
     def call(self, op: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Run `op` on the server and return its result."""
-        return self._request("call", op, args, kwargs)
+        """Run `op` on the server and return its result.
+
+        `out="remote"` (a reserved keyword) keeps the result on the server and
+        returns a RemoteTensor instead.
+        """
+        out = kwargs.pop("out", None)
+        return self._request("call", op, args, kwargs, extra=_out_meta(out))
 
     def submit(self, op: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start `op` and return a Future; many may be in flight on one connection.
@@ -145,7 +165,8 @@ class Client:
         Do not modify an argument array until its future is done: it is sent
         without a copy.
         """
-        item, frames = self._prepare("call", op, args, kwargs)
+        out = kwargs.pop("out", None)
+        item, frames = self._prepare("call", op, args, kwargs, _out_meta(out))
         item.future = Future()
         if self._pump is None:
             with self._sockets_lock:
@@ -179,6 +200,29 @@ class Client:
         out = self.empty(src.shape, src.dtype)
         np.copyto(out, src)
         return out
+
+    def put(self, x: Any, *, cache: bool = False) -> RemoteTensor:
+        """Keep `x` on the server and return a handle to it.
+
+        With cache=True a content hash goes first and the bytes only when the
+        server holds no identical tensor yet: weights upload once per server.
+        """
+        arr = x if isinstance(x, np.ndarray) else to_numpy(x)
+        if not cache:
+            return self._handle(self._request("put", "", (arr,), {}))
+        digest = content_digest(arr)
+        ref = self._request("has", "", (), {}, extra={"digest": digest})
+        if ref is None:
+            ref = self._request("put", "", (arr,), {}, extra={"digest": digest})
+        return self._handle(ref)
+
+    def fetch(self, handle: HandleRef) -> Any:
+        """The value of a resident tensor, as a numpy array."""
+        return self._request("fetch", "", (handle,), {})
+
+    def free(self, *handles: HandleRef) -> None:
+        """Drop resident tensors now (dropping the last reference does it later)."""
+        self._request("free", "", tuple(h.hid for h in handles), {})
 
     def ops(self) -> list[dict[str, Any]]:
         """The server's ops, each with name, signature, doc and category."""
@@ -237,9 +281,15 @@ class Client:
     # -- the synchronous path -----------------------------------------------------------
 
     def _request(
-        self, kind: str, op: str, args: Any, kwargs: Any, timeout: float | None = None
+        self,
+        kind: str,
+        op: str,
+        args: Any,
+        kwargs: Any,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Any:
-        item, frames = self._prepare(kind, op, args, kwargs)
+        item, frames = self._prepare(kind, op, args, kwargs, extra)
         if timeout is not None:
             item.deadline = time.monotonic() + timeout
         channel = self._channel
@@ -316,19 +366,25 @@ class Client:
 
     # -- encoding and completing ------------------------------------------------------
 
-    def _prepare(self, kind: str, op: str, args: Any, kwargs: Any) -> tuple[Pending, list[Any]]:
+    def _prepare(
+        self, kind: str, op: str, args: Any, kwargs: Any, extra: dict[str, Any] | None = None
+    ) -> tuple[Pending, list[Any]]:
         if self._closed:
             raise ConnectionClosed("client is closed")
         t0 = time.perf_counter()
         rid = next(self._ids)
-        payload = {"a": list(args), "kw": kwargs} if kind == "call" else None
+        payload = {"a": list(args), "kw": kwargs} if args or kwargs else None
         meta: dict[str, Any] = {"k": kind, "id": rid, "op": op}
+        if extra:
+            meta.update(extra)
         keep: list[Any] = []
         placer = None
         if kind == "hello":
             meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size)
         elif self._session is not None:
             meta["s"] = self._session
+            if self._dropped:
+                meta["fh"] = [self._dropped.popleft() for _ in range(len(self._dropped))]
             if self._channel is not None:
                 placer = self._channel.placer(keep)
                 released = self._channel.take_released()
@@ -370,10 +426,26 @@ class Client:
         payload = decoded.payload
         if self.copy and any(p.startswith("shm") for p in decoded.paths):
             payload = _copied(payload)
+        if decoded.meta.get("hd"):
+            payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
         self._trace_parts = (item, received, time.perf_counter(), decoded.meta.get("t"),
                              decoded.paths)
         item.settle(result)
+
+    def _handle(self, ref: Any) -> RemoteTensor:
+        if isinstance(ref, RemoteTensor):
+            return ref
+        raise ProtocolError(f"expected a tensor handle from the server, got {type(ref).__name__}")
+
+    def _wrap_handles(self, value: Any) -> Any:
+        if isinstance(value, HandleRef):
+            return RemoteTensor(self, value, self._dropped)
+        if isinstance(value, list):
+            return [self._wrap_handles(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._wrap_handles(v) for k, v in value.items()}
+        return value
 
     # -- the pump: one socket, many requests in flight --------------------------------
 
@@ -403,6 +475,14 @@ class Client:
             sock.send_multipart(frames, copy=False)
             item.sent_at = time.perf_counter()
             item.send = item.sent_at - item.sent_at_start
+
+
+def _out_meta(out: Any) -> dict[str, Any] | None:
+    if out is None:
+        return None
+    if out not in ("remote", "local"):
+        raise ValueError(f"out must be 'remote' or 'local', got {out!r}")
+    return {"out": out}
 
 
 def _kind_of(args: tuple[Any, ...]) -> str | None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ProtocolError, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
+from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
 from ._limits import DEFAULT_LIMITS, Limits
 from ._tensors import tensor_kind, to_numpy
 
@@ -50,6 +51,7 @@ def _pack_inner(obj: Any) -> bytes:
 
 
 FRAME_PATH = "frame"
+RESIDENT_PATH = "resident"  # a handle: the tensor stayed on the server
 COPIED_PATH = "frame(copied: non-contiguous)"
 
 
@@ -60,6 +62,7 @@ class Encoded:
     payload: bytes = b""
     tensor_frames: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    handles: int = 0  # resident-tensor references in the payload
 
     def frames(self, meta: dict[str, Any]) -> list[Any]:
         """The message frames. Meta is packed last so it can carry the encode time."""
@@ -92,6 +95,10 @@ def encode_payload(payload: Any, placer: Placer | None = None) -> Encoded:
     def default(obj: Any) -> Any:
         if isinstance(obj, complex):
             return msgpack.ExtType(EXT_COMPLEX, _pack_inner([obj.real, obj.imag]))
+        if isinstance(obj, HandleRef):
+            out.handles += 1
+            out.paths.append(RESIDENT_PATH)
+            return msgpack.ExtType(EXT_HANDLE, _pack_inner(obj.wire()))
         if isinstance(obj, np.generic):
             obj = np.asarray(obj)
         if tensor_kind(obj) is None:
@@ -130,6 +137,7 @@ class Decoded:
     meta: dict[str, Any]
     payload: Any
     paths: list[str] = field(default_factory=list)
+    handles: int = 0  # resident-tensor references in the payload
 
 
 def decode(
@@ -161,7 +169,7 @@ def decode(
     unused = set(range(1, len(frames))) - state.used
     if unused:
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
-    return Decoded(meta=meta, payload=payload, paths=state.paths)
+    return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles)
 
 
 def _unpack(
@@ -216,8 +224,13 @@ class _DecodeState:
         self.resolver = resolver
         self.used: set[int] = set()
         self.paths: list[str] = []
+        self.handles = 0
 
     def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_HANDLE:
+            self.handles += 1
+            self.paths.append(RESIDENT_PATH)
+            return handle_from_wire(msgpack.unpackb(data, raw=False))
         if code == EXT_COMPLEX:
             parts = msgpack.unpackb(data)
             if not (isinstance(parts, list) and len(parts) == 2):

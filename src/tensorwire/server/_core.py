@@ -63,7 +63,8 @@ class ServerCore:
             raise ValueError("a server needs at least one listen URL")
         self._transports: list[tuple[Transport, str]] = [(get_transport(u), u) for u in listen]
         backend_impl = make_backend(backend, device)
-        self.sessions = Sessions(enabled=shm, directory=shm_dir, max_arena=shm_max_arena)
+        self.sessions = Sessions(backend_impl, enabled=shm, directory=shm_dir,
+                                 max_arena=shm_max_arena)
         self.handler = Handler(registry or default_registry(), backend_impl, self.sessions)
         self.limits = limits
         self.max_queue = max_queue
@@ -162,18 +163,22 @@ class ServerCore:
             session = self.sessions.get(decoded.meta)
             if item.session is not None and session is not item.session:
                 raise ProtocolError("a message pipe carries only its own session's requests")
-            if session is not None and "fr" in decoded.meta:
-                session.channel.release(decoded.meta["fr"])
+            if session is not None:
+                _released(session, decoded.meta)
             deserialized = time.perf_counter()
-            result, compute = self.handler.handle(request)
+            result, compute = self.handler.handle(request, session, decoded.handles)
             encoded_at = time.perf_counter()
-            placer = session.channel.place if session is not None and request.kind == "call" else None
+            channel = session.channel if session is not None else None
+            placer = channel.place if channel is not None and request.kind != "hello" else None
             encoded = encode_payload(result, placer)
             done = time.perf_counter()
             stages = server_stages(
                 started - item.arrived, deserialized - started, compute, done - encoded_at
             )
-            frames = encoded.frames({"id": rid, "ok": True, "t": stages})
+            reply = {"id": rid, "ok": True, "t": stages}
+            if encoded.handles:
+                reply["hd"] = encoded.handles  # the client turns these into RemoteTensors
+            frames = encoded.frames(reply)
         except Exception as exc:  # every failure becomes this caller's error reply
             if rid is None:
                 rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
@@ -202,3 +207,11 @@ class ServerCore:
         except ChannelError as exc:
             self.sessions.end(session, str(exc))
 
+
+
+def _released(session: Session, meta: dict[str, Any]) -> None:
+    """What the client piggybacked: arena blocks ("fr") and handles ("fh") it dropped."""
+    if "fr" in meta and session.channel is not None:
+        session.channel.release(meta["fr"])
+    if "fh" in meta:
+        session.store.free(meta["fh"])

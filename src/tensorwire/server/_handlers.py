@@ -11,13 +11,19 @@ from typing import Any
 from .._version import __version__
 from ..codec import PROTOCOL_VERSION
 from ..errors import ProtocolError, TensorwireError
-from ._sessions import Sessions
+import numpy as np
+
+from ..codec import HandleRef
+from ._resident import ResidentStore
+from ._sessions import Session, Sessions
 from .ops import Backend, OpRegistry
+from .ops._registry import tree_map
 
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 
-KINDS = ("call", "hello", "ops", "bye")
+KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free")
+_NEEDS_SESSION = ("put", "has", "fetch", "free")
 
 
 @dataclass
@@ -69,7 +75,7 @@ class Handler:
             "host": socket.gethostname(),
         }
 
-    def handle(self, req: Request) -> tuple[Any, float]:
+    def handle(self, req: Request, session: Session | None, handles: int) -> tuple[Any, float]:
         """The reply payload for a request and the compute seconds it took."""
         if req.kind == "hello":
             return {**self.info(), **self.sessions.hello(req.meta)}, 0.0
@@ -78,10 +84,61 @@ class Handler:
         if req.kind == "bye":
             self.sessions.bye(req.meta)
             return None, 0.0
+        if session is None and (handles or req.kind in _NEEDS_SESSION or "out" in req.meta):
+            raise ProtocolError(f"request {req.rid}: resident tensors need a session (hello first)")
+        if req.kind != "call":
+            assert session is not None
+            return self._resident(req, session.store), 0.0
         start = time.perf_counter()
-        result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
+        if session is None or not (handles or "out" in req.meta):
+            result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
+        else:
+            result = self._call_native(req, session.store)
         self.backend.synchronize()
         return result, time.perf_counter() - start
+
+    def _call_native(self, req: Request, store: ResidentStore) -> Any:
+        """A call whose arguments or result live on the server."""
+        out = req.meta.get("out", "local")
+        if out not in ("remote", "local"):
+            raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
+        args = tree_map(lambda v: self._native(v, store), req.args, _is_leaf)
+        kwargs = tree_map(lambda v: self._native(v, store), req.kwargs, _is_leaf)
+        result = self.registry.call_native(req.op, self.backend, args, kwargs)
+        if out == "remote":
+            return tree_map(store.add, result, self.backend.is_tensor)
+        return tree_map(self.backend.to_wire, result, self.backend.is_tensor)
+
+    def _native(self, value: Any, store: ResidentStore) -> Any:
+        if isinstance(value, HandleRef):
+            return store.get(value)
+        return self.backend.from_wire(value)
+
+    def _resident(self, req: Request, store: ResidentStore) -> Any:
+        digest = req.meta.get("digest")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 32):
+            raise ProtocolError(f"request {req.rid}: malformed content digest")
+        if req.kind == "has":
+            if digest is None:
+                raise ProtocolError(f"request {req.rid}: 'has' needs a content digest")
+            return store.adopt_cached(digest)
+        if req.kind == "free":
+            store.free(req.args)
+            return None
+        if len(req.args) != 1:
+            raise ProtocolError(f"request {req.rid}: {req.kind} takes exactly one tensor")
+        (value,) = req.args
+        if req.kind == "put":
+            if not isinstance(value, np.ndarray):
+                raise ProtocolError(f"request {req.rid}: put takes a tensor")
+            return store.upload(value, digest)
+        if not isinstance(value, HandleRef):  # fetch
+            raise ProtocolError(f"request {req.rid}: fetch takes a tensor handle")
+        return self.backend.to_wire(store.get(value))
+
+
+def _is_leaf(value: Any) -> bool:
+    return isinstance(value, HandleRef | np.ndarray)
 
 
 def error_meta(rid: Any, exc: BaseException) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Same-host sessions: the shared-memory arenas of each client, and their reclaiming.
+"""Sessions: what the server keeps for each client, and its reclaiming.
 
-A session exists only where shared memory was negotiated (same host token). It
-ends when its client says goodbye, or when the client's process is found dead
-(checked every REAP_INTERVAL), so a SIGKILLed client leaves nothing behind.
+Every client gets a session at hello: its resident tensors, and where shared
+memory was negotiated (same host token) its arenas and message pipe. A session
+ends when its client says goodbye; a same-host client's session also ends when
+its process is found dead (checked every REAP_INTERVAL), a remote one's after
+IDLE_TIMEOUT without a request, so a SIGKILLed client leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from typing import Any
 
 from ..channel import DEFAULT_DIRECTORY, ServerChannel, host_token, pid_alive, sweep_stale
 from ..channel._errors import ChannelError
+from ..channel._pipe import sweep_stale_pipes
 from ..codec import Resolver
 from ..errors import ProtocolError
+from ._resident import ContentCache, ResidentStore
+from .ops import Backend
 
 log = logging.getLogger("tensorwire.server")
 
 REAP_INTERVAL = 1.0  # seconds between checks for dead client processes
+IDLE_TIMEOUT = 600.0  # seconds; a remote client's session ends after this long unheard
 MIN_ARENA = 1 << 20
 
 
@@ -28,12 +34,19 @@ MIN_ARENA = 1 << 20
 class Session:
     sid: str
     pid: int
-    channel: ServerChannel
+    local: bool  # same host: reaped when its process dies, else when idle too long
+    store: ResidentStore
+    channel: ServerChannel | None = None
+    last_seen: float = 0.0
 
 
 class Sessions:
-    def __init__(self, *, enabled: bool = True, directory: str = DEFAULT_DIRECTORY,
-                 max_arena: int = 1 << 30) -> None:
+    def __init__(self, backend: Backend, *, enabled: bool = True,
+                 directory: str = DEFAULT_DIRECTORY, max_arena: int = 1 << 30,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.backend = backend
+        self.cache = ContentCache()
+        self.idle_timeout = idle_timeout
         self.enabled = enabled
         self.directory = directory
         self.max_arena = max_arena
@@ -41,35 +54,42 @@ class Sessions:
         self._next_reap = 0.0
         self.version = 0  # bumped whenever the set of sessions (and their pipes) changes
         if enabled:
-            removed = sweep_stale(directory)
+            removed = sweep_stale(directory) + sweep_stale_pipes(directory)
             if removed:
                 log.info("removed %d stale shared-memory segments", removed)
 
     def hello(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Offer shared memory to a client on this host; say why not otherwise."""
-        want, pid = meta.get("shm", 0), meta.get("pid")
+        """Open a session; offer shared memory to a client on this host, or say why not."""
+        want, pid = meta.get("shm", 0), meta.get("pid", 0)
+        if type(want) is not int or type(pid) is not int or want < 0 or pid < 0:
+            raise ProtocolError("hello: shm size and pid must be non-negative integers")
+        local = bool(pid) and bool(meta.get("host")) and meta.get("host") == host_token()
+        session = Session(secrets.token_hex(16), pid, local, ResidentStore(self.backend, self.cache),
+                          last_seen=time.monotonic())
+        reply: dict[str, Any] = {"session": session.sid, "shm": None}
         if not want:
-            return {"shm": None, "shm_reason": "not requested"}
-        if not self.enabled:
-            return {"shm": None, "shm_reason": "shared memory is disabled on this server"}
-        if type(want) is not int or type(pid) is not int or want < 0 or pid <= 0:
-            raise ProtocolError("hello: shm size and pid must be positive integers")
-        if not meta.get("host") or meta.get("host") != host_token():
-            return {"shm": None, "shm_reason": "client is on another host"}
+            reply["shm_reason"] = "not requested"
+        elif not self.enabled:
+            reply["shm_reason"] = "shared memory is disabled on this server"
+        elif not local:
+            reply["shm_reason"] = "client is on another host"
+        else:
+            session.channel, reply["shm_reason"] = self._channel(want)
+            reply["shm"] = session.channel.offer() if session.channel is not None else None
+        self._sessions[session.sid] = session
+        self.version += 1
+        return reply
+
+    def _channel(self, want: int) -> tuple[ServerChannel | None, str]:
         size = min(max(want, MIN_ARENA), self.max_arena)
         try:
-            channel = ServerChannel(size, directory=self.directory)
+            return ServerChannel(size, directory=self.directory), ""
         except ChannelError as exc:
-            return {"shm": None, "shm_reason": f"cannot create the arena: {exc}"}
+            return None, f"cannot create the arena: {exc}"
         except OSError as exc:  # directory gone or unwritable, no fds, mmap refused
             # strerror only: str(exc) would name the segment's path.
             log.warning("cannot create a shared-memory arena: %s", exc)
-            reason = exc.strerror or type(exc).__name__
-            return {"shm": None, "shm_reason": f"cannot create the arena: {reason}"}
-        sid = secrets.token_hex(16)
-        self._sessions[sid] = Session(sid, pid, channel)
-        self.version += 1
-        return {"shm": channel.offer(), "session": sid}
+            return None, f"cannot create the arena: {exc.strerror or type(exc).__name__}"
 
     def get(self, meta: dict[str, Any]) -> Session | None:
         sid = meta.get("s")
@@ -78,11 +98,14 @@ class Sessions:
         session = self._sessions.get(sid) if isinstance(sid, str) else None
         if session is None:
             raise ProtocolError("unknown or expired session; reconnect")
+        session.last_seen = time.monotonic()
         return session
 
     def resolver_for(self, meta: dict[str, Any]) -> Resolver | None:
         session = self.get(meta)
-        return session.channel.resolve if session is not None else None
+        if session is None or session.channel is None:
+            return None
+        return session.channel.resolve
 
     def bye(self, meta: dict[str, Any]) -> None:
         session = self.get(meta)
@@ -96,8 +119,12 @@ class Sessions:
             return
         self._next_reap = now + REAP_INTERVAL
         for sid, session in list(self._sessions.items()):
-            if not pid_alive(session.pid):
+            if session.local and not pid_alive(session.pid):
                 log.info("client process %d is gone; reclaiming its session", session.pid)
+                self._end(sid)
+            elif not session.local and now - session.last_seen > self.idle_timeout:
+                log.info("remote client silent for %.0f s; reclaiming its session",
+                         now - session.last_seen)
                 self._end(sid)
 
     def close_all(self) -> None:
@@ -110,7 +137,9 @@ class Sessions:
     def pipes(self) -> dict[int, Session]:
         """The read end of every session's message pipe."""
         return {
-            s.channel.pipe.recv_fd: s for s in self._sessions.values() if s.channel.pipe is not None
+            s.channel.pipe.recv_fd: s
+            for s in self._sessions.values()
+            if s.channel is not None and s.channel.pipe is not None
         }
 
     def end(self, session: Session, why: str) -> None:
@@ -120,5 +149,7 @@ class Sessions:
     def _end(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
         if session is not None:
-            session.channel.close()
+            session.store.clear()
+            if session.channel is not None:
+                session.channel.close()
             self.version += 1
