@@ -1,5 +1,6 @@
 """Codec: message headers (MessagePack) plus out-of-band tensor frames. Never pickle."""
 
+from ._handles import EXT_HANDLE, HandleRef, content_digest
 from ._dtypes import WIRE_DTYPES, dtype_name, wire_dtype
 from ._limits import DEFAULT_LIMITS, Limits
 from ._message import (
@@ -18,6 +19,9 @@ from ._message import (
 from ._tensors import first_kind, from_numpy, restore_kind, tensor_kind, to_numpy
 
 __all__ = [
+    "EXT_HANDLE",
+    "HandleRef",
+    "content_digest",
     "COPIED_PATH",
     "DEFAULT_LIMITS",
     "FRAME_PATH",
@@ -39,4 +43,31 @@ __all__ = [
     "tensor_kind",
     "to_numpy",
     "wire_dtype",
+]
+from ._precision import (
+    WIRE_DTYPES_ALLOWED,
+    Exact,
+    cast_bounds,
+    cast_error_bound,
+    choose,
+    exact,
+    from_wire,
+    to_wire,
+    unit_roundoff,
+    unwrap,
+    validate_wire_dtype,
+)
+
+__all__ += [
+    "WIRE_DTYPES_ALLOWED",
+    "Exact",
+    "cast_bounds",
+    "cast_error_bound",
+    "choose",
+    "exact",
+    "from_wire",
+    "to_wire",
+    "unit_roundoff",
+    "unwrap",
+    "validate_wire_dtype",
 ]
