@@ -17,8 +17,9 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -47,6 +48,9 @@ from ..trace import build_trace
 from ..transport import Transport, client_socket, get_transport
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
+
+if TYPE_CHECKING:
+    from ._graph import Graph
 
 TRANSPORTS = ("auto", "zmq")
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
@@ -223,6 +227,18 @@ class Client:
     def free(self, *handles: HandleRef) -> None:
         """Drop resident tensors now (dropping the last reference does it later)."""
         self._request("free", "", tuple(h.hid for h in handles), {})
+
+    def graph(self) -> Graph:
+        """Record ops lazily; `run` executes the whole graph in one request."""
+        from ._graph import Graph
+
+        return Graph(self)
+
+    def function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: trace `fn` into a graph once, then run it in one request per call."""
+        from ._graph import traced
+
+        return traced(self, fn)
 
     def ops(self) -> list[dict[str, Any]]:
         """The server's ops, each with name, signature, doc and category."""

@@ -22,7 +22,7 @@ from .ops._registry import tree_map
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 
-KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free")
+KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free", "graph")
 _NEEDS_SESSION = ("put", "has", "fetch", "free")
 
 
@@ -86,6 +86,13 @@ class Handler:
             return None, 0.0
         if session is None and (handles or req.kind in _NEEDS_SESSION or "out" in req.meta):
             raise ProtocolError(f"request {req.rid}: resident tensors need a session (hello first)")
+        if req.kind == "graph":
+            from ._graph import run_graph  # one request, a whole DAG of ops
+
+            start = time.perf_counter()
+            result = run_graph(self, req, session)
+            self.backend.synchronize()
+            return result, time.perf_counter() - start
         if req.kind != "call":
             assert session is not None
             return self._resident(req, session.store), 0.0
