@@ -16,8 +16,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0 || echo "torch unavailable: torch-backend tests will be skipped"
 	touch $(STAMP)
 
+# The seed-style report, measured here: report/report.md and its charts (report/*.png).
 demo: $(STAMP)
-	$(BIN)/tensorwire diagnose --quick
+	$(BIN)/tensorwire diagnose --quick --plots report/ --out report/report.md --json report/report.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -263,7 +263,8 @@ def tensorwire_serve_argv(url: str, extra: Sequence[str] = ()) -> list[str]:
         if script.exists()
         else [sys.executable, "-c", "import sys; from tensorwire.cli import main; sys.exit(main())"]
     )
-    return [*head, "serve", "--listen", url, *extra]
+    insecure = ["--insecure"] if url.startswith("tcp://") else []  # loopback, this run only
+    return [*head, "serve", "--listen", url, *insecure, *extra]
 
 
 TW_READY = r"tensorwire: listening on (\S+)"

@@ -247,6 +247,9 @@ def _short_paths(paths: list[str] | None) -> str:
         return "-"
     req = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("request:"))
     rep = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("reply:"))
+    other = ",".join(p for p in paths if not p.startswith(("request:", "reply:")))
+    if other:  # e.g. "message:pipe": how the control message travelled (the doorbell)
+        rep = f"{rep or '?'} ({other})"
     return f"{req or '?'} → {rep or '?'}"
 
 

@@ -51,6 +51,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "tensorwire", "serve"]
         for url in listen:
             cmd += ["--listen", url]
+        if any(u.startswith("tcp://") for u in listen) and "--auth-dir" not in extra:
+            cmd.append("--insecure")  # loopback only; the auth tests pass --auth-dir
         self.proc = subprocess.Popen(
             [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

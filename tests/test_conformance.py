@@ -59,8 +59,10 @@ def test_large_tensor_and_trace(conn):
                   "server_serialize", "receive", "client_deserialize", "total"):
         assert trace[stage] >= 0.0, stage
     assert trace["total"] > 0
-    expected = {"shm": (["shm"], ["shm(alias)"])}.get(conn.path, (["frame"], ["frame"]))
-    assert trace["paths"] == {"request": expected[0], "reply": expected[1]}
+    expected = {"shm": (["shm"], ["shm(alias)"], "pipe")}.get(
+        conn.path, (["frame"], ["frame"], "zmq")
+    )
+    assert trace["paths"] == {"request": expected[0], "reply": expected[1], "message": expected[2]}
 
 
 def test_ops_compute_and_arguments(conn):

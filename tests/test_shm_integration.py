@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ServerProcess
 
 import tensorwire as tw
+from conftest import ServerProcess
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -54,7 +54,13 @@ def serving(url: str, *extra: str) -> Iterator[ServerProcess]:
 
 
 def segments(directory: Path) -> list[str]:
-    return sorted(n for n in os.listdir(directory) if n.startswith("tensorwire-"))
+    """The shared-memory segments in a directory."""
+    return sorted(n for n in os.listdir(directory) if SEGMENT_NAME.fullmatch(n))
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Everything in a private shm directory (segments and anything else, e.g. pipes)."""
+    return sorted(os.listdir(directory))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -67,6 +73,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def paths(client: tw.Client) -> tuple[list[str], list[str]]:
+    """The path of each request and reply tensor, as the last trace names them."""
     trace = client.last_trace["paths"]
     return trace["request"], trace["reply"]
 
@@ -84,7 +91,7 @@ def shm_dir() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="twtest-", dir=base))
     try:
         yield directory
-        assert segments(directory) == [], "segments left in the private shm dir"
+        assert leftovers(directory) == [], "left behind in the private shm dir"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -105,6 +112,11 @@ def test_same_host_auto_negotiates_shm(listen: str, tmp_path: Path) -> None:
     with serving(url) as srv, tw.Client(srv.url) as gpu:
         assert gpu.path == "shm"
         assert gpu.shm_reason == ""
+        small = np.arange(16, dtype=np.float32)
+        np.testing.assert_array_equal(gpu.call("neg", small), -small)
+        carrier = gpu.last_trace["paths"].get("message")  # how the control message went
+        if carrier is not None:
+            assert carrier == ("pipe" if gpu.server_info["shm"].get("pipe") else "zmq")
         x = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", x, x), 2 * x)
         assert paths(gpu) == (["shm", "shm"], ["shm"])
@@ -116,7 +128,8 @@ def test_transport_zmq_turns_shm_off(server: ServerProcess) -> None:
         assert "zmq" in gpu.shm_reason
         x = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", x, x), 2 * x)
-        assert paths(gpu) == (["frame"], ["frame"])
+        assert paths(gpu) == (["frame", "frame"], ["frame"])
+        assert gpu.last_trace["paths"].get("message", "zmq") == "zmq"
         # Without an arena, empty() is an ordinary array and travels as a frame.
         a = gpu.empty(N_256K, np.float32)
         a[...] = x
@@ -145,7 +158,7 @@ def test_trace_names_each_path(server: ServerProcess) -> None:
     with tw.Client(server.url, require="shm") as gpu:
         small = np.arange(16, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", small, small), 2 * small)
-        assert paths(gpu) == (["frame"], ["frame"])
+        assert paths(gpu) == (["frame", "frame"], ["frame"])
 
         plain = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", plain, plain), 2 * plain)
@@ -339,7 +352,8 @@ def run(gpu, seed):
         errors.append(repr(exc))
 
 with tw.Client(sys.argv[1], require="shm", shm_size=4 << 20) as gpu:
-    threads = [threading.Thread(target=run, args=(gpu, int(sys.argv[2]) * 10 + k)) for k in range(2)]
+    seed = int(sys.argv[2]) * 10
+    threads = [threading.Thread(target=run, args=(gpu, seed + k)) for k in range(2)]
     for t in threads: t.start()
     for t in threads: t.join()
 print("errors:", errors, flush=True)
@@ -383,6 +397,46 @@ def test_concurrent_processes_and_threads(server: ServerProcess) -> None:
         assert "errors: []" in out
 
 
+def test_submit_many_in_flight(server: ServerProcess) -> None:
+    rng = np.random.default_rng(6)
+    with tw.Client(server.url, require="shm", shm_size=1 * MIB) as gpu:
+        xs = [rng.standard_normal(N_256K).astype(np.float32) for _ in range(16)]
+        futures = [gpu.submit("add", x, x) for x in xs]  # more than the arena holds
+        results = [f.result(timeout=20) for f in futures]
+        for x, r in zip(xs, results, strict=True):
+            np.testing.assert_array_equal(r, 2 * x)
+
+
+def test_threads_resolving_aliases_while_others_allocate(server: ServerProcess) -> None:
+    """Regression: _containing iterated the live-block map while other threads inserted
+    into it ('dictionary changed size during iteration', surfacing as ProtocolError)."""
+    errors: list[str] = []
+    old = sys.getswitchinterval()
+    with tw.Client(server.url, require="shm", shm_size=32 * MIB) as gpu:
+        live = [gpu.empty(1024, np.float32) for _ in range(1500)]  # a long map to scan
+        x = np.ones(N_256K, np.float32)
+
+        def run() -> None:
+            try:
+                for _ in range(100):
+                    r = gpu.call("identity", x)  # an alias reply: scans the map
+                    assert r.sum() == N_256K
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=run) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            sys.setswitchinterval(old)
+        del live
+    assert errors == []
+
+
 # --- 5. lifetime ----------------------------------------------------------------------------
 
 KILLED_CHILD = '''
@@ -405,6 +459,7 @@ def test_sigkilled_client_is_reaped_and_server_keeps_serving(
     with serving(_url(tmp_path), "--shm-dir", str(shm_dir)) as srv:
         with tw.Client(srv.url, require="shm") as other:
             assert len(segments(shm_dir)) == 2
+            others = leftovers(shm_dir)  # the other session's segments (and anything else)
             victim = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, srv.url],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=child_env())
@@ -418,14 +473,12 @@ def test_sigkilled_client_is_reaped_and_server_keeps_serving(
                 victim.wait()  # a zombie's pid still looks alive to the reaper
                 victim.stdout.close()  # type: ignore[union-attr]
                 victim.stderr.close()  # type: ignore[union-attr]
-            started = time.monotonic()
-            assert wait_until(lambda: len(segments(shm_dir)) == 2, timeout=5.0), \
-                segments(shm_dir)
-            assert time.monotonic() - started < 5.0
+            assert wait_until(lambda: leftovers(shm_dir) == others, timeout=5.0), \
+                leftovers(shm_dir)
             x = np.arange(N_256K, dtype=np.float32)
             np.testing.assert_array_equal(other.call("add", x, x), 2 * x)
             assert paths(other) == (["shm", "shm"], ["shm"])
-        assert segments(shm_dir) == []
+        assert leftovers(shm_dir) == []
         with tw.Client(srv.url, require="shm") as late:  # new clients are served too
             np.testing.assert_array_equal(late.call("neg", x), -x)
     assert srv.proc.returncode == 0
@@ -438,7 +491,7 @@ def test_close_removes_segments_at_once(tmp_path: Path, shm_dir: Path) -> None:
         assert segments(shm_dir) == sorted([offer["c2s"], offer["s2c"]])
         held = gpu.call("identity", gpu.asarray(np.ones(N_256K, np.float32)))
         gpu.close()
-        assert segments(shm_dir) == []  # no reaping delay: bye ends the session
+        assert leftovers(shm_dir) == []  # no reaping delay: bye ends the session
         assert held.sum() == N_256K  # a view held past close() stays readable
         del held
 
@@ -448,28 +501,35 @@ def test_restarted_server_sweeps_segments_of_dead_creator(
 ) -> None:
     first = ServerProcess([_url(tmp_path, "first")], "--backend", "numpy",
                           "--shm-dir", str(shm_dir))
+    gpu = None
     try:
         gpu = tw.Client(first.url, require="shm", timeout=0.5)
         x = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", x, x), 2 * x)
-        left = segments(shm_dir)
-        assert len(left) == 2
-        assert {int(SEGMENT_NAME.fullmatch(n).group(1)) for n in left} == {first.proc.pid}
+        left = leftovers(shm_dir)
+        assert len(segments(shm_dir)) == 2
+        assert {int(m.group(1)) for n in left if (m := SEGMENT_NAME.fullmatch(n))} == {
+            first.proc.pid}
         first.proc.kill()
         first.proc.wait()
-        assert segments(shm_dir) == left  # a SIGKILLed server cannot clean up
+        assert leftovers(shm_dir) == left  # a SIGKILLed server cannot clean up
         # An unrelated file with our prefix but a live creator is kept.
         alive = shm_dir / f"tensorwire-{os.getpid()}-{'ab' * 12}"
         alive.write_bytes(b"")
+        alive_pipe = shm_dir / f"tensorwire-pipe-{os.getpid()}-keepme"
+        alive_pipe.mkdir()
         with serving(_url(tmp_path, "second"), "--shm-dir", str(shm_dir)) as second:
-            assert segments(shm_dir) == [alive.name]  # swept before it started listening
+            # Swept before it started listening: everything of the dead server.
+            assert leftovers(shm_dir) == sorted([alive.name, alive_pipe.name])
             alive.unlink()
+            alive_pipe.rmdir()
             with tw.Client(second.url, require="shm") as fresh:
                 np.testing.assert_array_equal(fresh.call("add", x, x), 2 * x)
                 assert len(segments(shm_dir)) == 2
-            assert segments(shm_dir) == []
-        gpu.close()  # its bye times out quietly: the server is gone
+            assert leftovers(shm_dir) == []
     finally:
+        if gpu is not None:
+            gpu.close()  # its bye times out quietly: the server is gone
         first.stop()
 
 
@@ -492,7 +552,8 @@ try:
     with tw.Client(url, shm_size=64 << 20) as gpu:
         out["auto"] = [gpu.path, gpu.shm_reason]
         out["auto_ok"] = bool(np.array_equal(gpu.call("add", x, x), 2 * x))
-        out["auto_paths"] = gpu.last_trace["paths"]
+        trace = gpu.last_trace["paths"]
+        out["auto_paths"] = [trace["request"], trace["reply"]]
     out["files_after_auto"] = sorted(os.listdir(shm_dir))
     try:
         tw.Client(url, shm_size=64 << 20, require="shm").close()
@@ -503,10 +564,12 @@ try:
         out["partial"] = [gpu.path, gpu.shm_reason]
     out["files_after_partial"] = sorted(os.listdir(shm_dir))
     with tw.Client(url, shm_size=1 << 20, require="shm") as gpu:
-        out["small_files"] = len(os.listdir(shm_dir))
+        out["small_files"] = sum(n.startswith("tensorwire-") and "pipe" not in n
+                                 for n in os.listdir(shm_dir))
         y = np.arange(1 << 16, dtype=np.float32)
         out["small_ok"] = bool(np.array_equal(gpu.call("add", y, y), 2 * y))
-        out["small_paths"] = gpu.last_trace["paths"]
+        trace = gpu.last_trace["paths"]
+        out["small_paths"] = [trace["request"], trace["reply"]]
     out["files_end"] = sorted(os.listdir(shm_dir))
     out["server_alive"] = server.poll() is None
 finally:
@@ -559,7 +622,8 @@ def test_full_shm_gives_clear_error(how: str, tmp_path: Path, shm_dir: Path) -> 
 
     path, reason = out["auto"]
     assert path == "zmq" and "is full" in reason and "cannot create the arena" in reason
-    assert out["auto_ok"] and out["auto_paths"] == {"request": ["frame"], "reply": ["frame"]}
+    assert out["auto_ok"]
+    assert out["auto_paths"] == [["frame", "frame"], ["frame"]]
     assert out["files_after_auto"] == []
     kind, message = out["require"]
     assert kind in ("TransportError", "ChannelError") and "is full" in message
@@ -568,7 +632,7 @@ def test_full_shm_gives_clear_error(how: str, tmp_path: Path, shm_dir: Path) -> 
         assert out["partial"][0] == "zmq" and "is full" in out["partial"][1]
     assert out["files_after_partial"] == []
     assert out["small_files"] == 2 and out["small_ok"]
-    assert out["small_paths"] == {"request": ["shm", "shm"], "reply": ["shm"]}
+    assert out["small_paths"] == [["shm", "shm"], ["shm"]]
     assert out["files_end"] == []
     assert out["server_alive"], out["server_err"]  # no SIGBUS
     assert out["server_rc"] == 0, out["server_err"]
@@ -590,6 +654,11 @@ def test_segments_are_private_files(tmp_path: Path, shm_dir: Path) -> None:
                 assert stat.S_IMODE(st.st_mode) == 0o600
                 assert st.st_uid == os.geteuid()
             assert offer["c2s"] != offer["s2c"]
+            # Whatever else the session keeps there (pipes, ...) is private too.
+            for root, dirs, files in os.walk(shm_dir):
+                for entry in dirs + files:
+                    mode = os.lstat(os.path.join(root, entry)).st_mode
+                    assert stat.S_IMODE(mode) & 0o077 == 0, (entry, oct(mode))
 
 
 def _forging_placer(descriptor: list[Any]) -> Callable[[list[Any]], Any]:

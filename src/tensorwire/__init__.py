@@ -7,7 +7,7 @@
 """
 
 from ._version import __version__
-from .client import Client
+from .client import AsyncClient, Client
 from .errors import (
     AuthError,
     ConnectionClosed,
@@ -23,6 +23,7 @@ from .errors import (
 from .server import Server, register_op
 
 __all__ = [
+    "AsyncClient",
     "AuthError",
     "Client",
     "ConnectionClosed",

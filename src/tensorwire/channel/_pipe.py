@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
 import shutil
+import stat
 import struct
 import tempfile
 import time
@@ -25,11 +27,14 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ._errors import ChannelError, SegmentRefused
+from ._host import pid_alive
 
 MAX_PIPE_MESSAGE = 1 << 20  # bytes; larger messages go through ZeroMQ
 MAX_PIPE_FRAMES = 64
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PREFIX = "tensorwire-pipe-"
+# The creator's pid is part of the name, so a restarted server can sweep what a dead one left.
+_NAME_RE = re.compile(re.escape(_PREFIX) + r"([0-9]{1,10})-[A-Za-z0-9_]{1,32}")
 _TO_SERVER, _TO_CLIENT = "c2s", "s2c"
 _COUNT = struct.Struct("<I")
 
@@ -100,6 +105,27 @@ class MessageReader:
         return frames
 
 
+def sweep_stale_pipes(directory: str) -> int:
+    """Remove pipe directories whose creating process is gone; return how many.
+
+    Like `sweep_stale` for segments: only this user's directories, a live (or reused)
+    pid keeps its pipes.
+    """
+    removed = 0
+    for entry in os.scandir(directory):
+        match = _NAME_RE.fullmatch(entry.name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # swept concurrently
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _remove_if_creator(path: str, creator_pid: int) -> None:
     if os.getpid() == creator_pid:
         shutil.rmtree(path, ignore_errors=True)
@@ -132,7 +158,7 @@ class MessagePipe:
     @classmethod
     def create(cls, directory: str, max_message: int = MAX_PIPE_MESSAGE) -> MessagePipe:
         """The server's end; it reads messages of at most `max_message` bytes."""
-        path = tempfile.mkdtemp(prefix=_PREFIX, dir=directory)
+        path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=directory)
         try:
             for fifo in (_TO_SERVER, _TO_CLIENT):
                 os.mkfifo(os.path.join(path, fifo), 0o600)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import _diagnose, _serve
+from . import _bench, _diagnose, _keys, _precision, _serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tensorwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve.add_parser(sub)
+    _bench.add_parser(sub)
     _diagnose.add_parser(sub)
+    _precision.add_parser(sub)
+    _keys.add_parser(sub)
     return parser
 
 

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="where shared-memory arenas are created (a tmpfs)")
     p.add_argument("--shm-max-arena", type=int, default=1 << 30, metavar="BYTES",
                    help="largest arena (per direction) a client may ask for")
+    p.add_argument("--auth-dir", metavar="DIR",
+                   help="CurveZMQ keys for tcp: DIR/server.key_secret and DIR/clients/*.key")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain tcp without keys (anyone who can connect may run ops)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         core = ServerCore(args.listen, device=args.device, backend=args.backend,
                           max_queue=args.max_queue, shm=not args.no_shm,
-                          shm_dir=args.shm_dir, shm_max_arena=args.shm_max_arena)
+                          shm_dir=args.shm_dir, shm_max_arena=args.shm_max_arena,
+                          auth_dir=args.auth_dir, insecure=args.insecure)
         urls = core.bind()
     except (TensorwireError, ValueError, RuntimeError) as exc:
         print(f"tensorwire: error: {exc}", file=sys.stderr)

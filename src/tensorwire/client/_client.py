@@ -45,7 +45,7 @@ from ..errors import (
     TransportError,
 )
 from ..trace import build_trace
-from ..transport import Transport, client_socket, get_transport
+from ..transport import ClientKeys, Transport, client_socket, get_transport
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
 
@@ -70,6 +70,8 @@ class Client:
         require: str | None = None,
         shm_size: int = DEFAULT_SHM_SIZE,
         copy: bool = False,
+        auth_dir: str | None = None,
+        key_name: str = "client",
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
@@ -92,6 +94,8 @@ class Client:
         self._trace_parts: tuple[Any, ...] | None = None
         self._trace: dict[str, Any] = {}
         self._transport: Transport = get_transport(url)
+        # CurveZMQ keys for tcp: DIR/<key_name>.key_secret and DIR/server.key.
+        self._keys = ClientKeys.from_dir(auth_dir, key_name) if auth_dir is not None else None
         self._ids = itertools.count(1)
         self._closed = self._stopping = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -338,6 +342,10 @@ class Client:
             self._complete(frames, lookup)
         return item.outcome()
 
+    @property
+    def server_info_known(self) -> bool:
+        return "server_info" in self.__dict__
+
     def _over_pipe(self, channel: ClientChannel, message: bytes, item: Pending) -> Any:
         """The same-host fast path: one pipe write, one pipe read (caller holds the lock)."""
         pipe = channel.pipe
@@ -360,8 +368,11 @@ class Client:
         return item.outcome()
 
     def _timeout(self, item: Pending) -> TimeoutError:
+        hint = ""
+        if self.url.startswith("tcp://") and self._keys is None and not self.server_info_known:
+            hint = " (a server that requires CurveZMQ keys stays silent: pass auth_dir=...)"
         return TimeoutError(
-            f"request {item.rid}: no reply from {self.url} within {self.timeout:g} s"
+            f"request {item.rid}: no reply from {self.url} within {self.timeout:g} s{hint}"
         )
 
     def _thread_socket(self) -> zmq.Socket[bytes]:
@@ -375,6 +386,8 @@ class Client:
         if self._closed:
             raise ConnectionClosed("client is closed")
         sock = client_socket(self._ctx)
+        if self._keys is not None:
+            self._keys.apply(sock)
         self._transport.connect(sock, self.url)
         with self._sockets_lock:
             self._sockets.append(sock)

@@ -1,7 +1,34 @@
-"""Diagnostics: drive a Client against a Server and report where the time goes."""
+"""Diagnostics: drive a Client against a Server and report where the time goes.
 
-from ._local import local_server
-from ._quick import render, run_quick, write_json
-from ._stages import SEED_STAGES, StageRow, measure
+`run_diagnose(Settings(...), tick)` measures and returns plain JSON data; `render(data)`
+builds the markdown report and `write_charts(data, dir)` the PNG charts from that data alone,
+so a recorded JSON file gives the same report.
+"""
 
-__all__ = ["SEED_STAGES", "StageRow", "local_server", "measure", "render", "run_quick", "write_json"]
+from ._charts import write_charts
+from ._findings import findings
+from ._local import local_server, seed_server
+from ._progress import progress
+from ._report import render
+from ._run import TRANSPORTS, Settings, run_diagnose
+from ._sizes import format_size, parse_size, parse_sizes
+from ._stages import SEED_STAGES, StageRow, measure, percentile
+
+__all__ = [
+    "SEED_STAGES",
+    "TRANSPORTS",
+    "Settings",
+    "StageRow",
+    "findings",
+    "format_size",
+    "local_server",
+    "measure",
+    "parse_size",
+    "parse_sizes",
+    "percentile",
+    "progress",
+    "render",
+    "run_diagnose",
+    "seed_server",
+    "write_charts",
+]

@@ -1,15 +1,17 @@
-"""Measure the seed's stage table (serialize, send, receive, deserialize) from real traces."""
+"""The seed's stage table (serialize, send, receive, deserialize), measured from real traces.
+
+Works with any client that has `call(op, *args)` and a `last_trace` dict in the format of
+`tensorwire.Client.last_trace` (the seed-style `SeedClient` has one too).
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-
-from ..client import Client
 
 # The seed's four stages, each the sum of our finer trace stages (both directions).
 SEED_STAGES = {
@@ -18,6 +20,12 @@ SEED_STAGES = {
     "receive": ("receive", "server_queue"),
     "deserialize": ("server_deserialize", "client_deserialize"),
 }
+
+
+class Traced(Protocol):
+    last_trace: Any
+
+    def call(self, op: str, /, *args: Any) -> Any: ...
 
 
 @dataclass
@@ -29,35 +37,71 @@ class StageRow:
     receive_ms: float
     deserialize_ms: float
     total_ms: float
+    p10_ms: float
+    p90_ms: float
     mb_per_s: float
-    paths: dict[str, list[str]]
+    samples: int
+    paths: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def measure(client: Client, transport: str, nbytes: int, repeats: int) -> StageRow:
+def timed_samples(once: Any, repeats: int, max_seconds: float) -> list[Any]:
+    """Results of `once()` called `repeats` times, or fewer once `max_seconds` have passed
+    (never fewer than one)."""
+    results: list[Any] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(results) < repeats and (not results or time.perf_counter() < deadline):
+        results.append(once())
+    return results
+
+
+def measure(
+    client: Traced,
+    transport: str,
+    nbytes: int,
+    repeats: int,
+    max_seconds: float = 2.0,
+    warmup: bool = True,
+) -> StageRow:
     """Round trips of `identity` on a float32 array of nbytes; medians of each stage."""
     x = np.random.default_rng(0).standard_normal(max(nbytes // 4, 1)).astype(np.float32)
-    client.call("identity", x)  # warm-up: connection, allocator, caches
-    totals, stages = [], {name: [] for name in SEED_STAGES}
-    for _ in range(repeats):
+    if warmup:
+        client.call("identity", x)  # connection, allocator, caches
+
+    def once() -> tuple[float, dict[str, Any]]:
         start = time.perf_counter()
         client.call("identity", x)
-        totals.append(time.perf_counter() - start)
-        trace = client.last_trace
-        for name, parts in SEED_STAGES.items():
-            stages[name].append(sum(trace[p] for p in parts))
+        return time.perf_counter() - start, client.last_trace
+
+    samples = timed_samples(once, repeats, max_seconds)
+    return _row(transport, x.nbytes, samples)
+
+
+def _row(transport: str, nbytes: int, samples: list[tuple[float, dict[str, Any]]]) -> StageRow:
+    totals = [t for t, _ in samples]
+    ms = {
+        name: 1e3 * statistics.median(sum(tr[p] for p in parts) for _, tr in samples)
+        for name, parts in SEED_STAGES.items()
+    }
     total = statistics.median(totals)
-    ms = {name: statistics.median(v) * 1e3 for name, v in stages.items()}
     return StageRow(
         transport=transport,
-        nbytes=x.nbytes,
+        nbytes=nbytes,
         serialize_ms=ms["serialize"],
         send_ms=ms["send"],
         receive_ms=ms["receive"],
         deserialize_ms=ms["deserialize"],
         total_ms=total * 1e3,
-        mb_per_s=2 * x.nbytes / total / 1e6,  # bytes moved both ways per round trip
-        paths=client.last_trace["paths"],
+        p10_ms=percentile(totals, 10) * 1e3,
+        p90_ms=percentile(totals, 90) * 1e3,
+        mb_per_s=2 * nbytes / total / 1e6,  # bytes moved both ways per round trip
+        samples=len(samples),
+        paths=dict(samples[-1][1].get("paths", {})),
     )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linear between order statistics (numpy's default)."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))

@@ -20,9 +20,9 @@ import zmq
 from ..channel import DEFAULT_DIRECTORY
 from ..channel import ChannelError, pack_message
 from ..codec import DEFAULT_LIMITS, Limits, decode, encode, encode_payload, peek_meta
-from ..errors import ProtocolError, ServerBusy
+from ..errors import AuthError, ProtocolError, ServerBusy
 from ..trace import server_stages
-from ..transport import Transport, get_transport, server_socket
+from ..transport import ServerAuth, Transport, get_transport, server_socket
 from ._handlers import Handler, error_meta, parse_request
 from ._sessions import Session, Sessions
 from .ops import OpRegistry, default_registry, make_backend
@@ -58,10 +58,19 @@ class ServerCore:
         shm: bool = True,
         shm_dir: str = DEFAULT_DIRECTORY,
         shm_max_arena: int = 1 << 30,
+        auth_dir: str | None = None,
+        insecure: bool = False,
     ) -> None:
         if not listen:
             raise ValueError("a server needs at least one listen URL")
         self._transports: list[tuple[Transport, str]] = [(get_transport(u), u) for u in listen]
+        if auth_dir is None and not insecure and any(u.startswith("tcp://") for u in listen):
+            raise AuthError(
+                "tcp needs CurveZMQ keys: pass an auth directory (`tensorwire keys generate "
+                "DIR --name CLIENT`, then --auth-dir DIR), or --insecure for plain tcp"
+            )
+        self.auth_dir = auth_dir
+        self._auth: ServerAuth | None = None
         backend_impl = make_backend(backend, device)
         self.sessions = Sessions(backend_impl, enabled=shm, directory=shm_dir,
                                  max_arena=shm_max_arena)
@@ -77,8 +86,12 @@ class ServerCore:
     def bind(self) -> list[str]:
         self._ctx = zmq.Context()
         try:
+            if self.auth_dir is not None:
+                self._auth = ServerAuth(self._ctx, self.auth_dir)
             for transport, url in self._transports:
                 sock = server_socket(self._ctx, self.limits.max_message_bytes)
+                if self._auth is not None and transport.scheme == "tcp":
+                    self._auth.apply(sock)
                 self._socks.append(sock)
                 self.urls.append(transport.bind(sock, url))
         except BaseException:
@@ -106,6 +119,8 @@ class ServerCore:
             if self._queue:
                 self._serve_one(self._queue.popleft())
             self.sessions.reap()
+            if self._auth is not None:
+                self._auth.reload()
         while self._queue:  # answer everything already accepted before exiting
             self._serve_one(self._queue.popleft())
 
@@ -122,6 +137,9 @@ class ServerCore:
         self._socks.clear()
         for (transport, _), url in zip(self._transports, self.urls, strict=False):
             transport.unbind_cleanup(url)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -163,9 +181,13 @@ class ServerCore:
             session = self.sessions.get(decoded.meta)
             if item.session is not None and session is not item.session:
                 raise ProtocolError("a message pipe carries only its own session's requests")
+            if session is not None and item.sock is not None and session.user != _user(item):
+                raise ProtocolError("unknown or expired session; reconnect")  # not yours
             if session is not None:
                 _released(session, decoded.meta)
             deserialized = time.perf_counter()
+            if request.kind == "hello":
+                request.meta["user"] = _user(item)  # the session belongs to this identity
             result, compute = self.handler.handle(request, session, decoded.handles)
             encoded_at = time.perf_counter()
             channel = session.channel if session is not None else None
@@ -215,3 +237,14 @@ def _released(session: Session, meta: dict[str, Any]) -> None:
         session.channel.release(meta["fr"])
     if "fh" in meta:
         session.store.free(meta["fh"])
+
+
+def _user(item: _Incoming) -> str | None:
+    """The authenticated CurveZMQ key of a request's sender (None without auth)."""
+    if item.sock is None or not item.frames:
+        return None
+    try:
+        user = item.frames[0].get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return user if isinstance(user, str) else None

@@ -38,6 +38,7 @@ class Session:
     store: ResidentStore
     channel: ServerChannel | None = None
     last_seen: float = 0.0
+    user: str | None = None  # the CurveZMQ key that opened it; only it may use the session
 
 
 class Sessions:
@@ -65,7 +66,7 @@ class Sessions:
             raise ProtocolError("hello: shm size and pid must be non-negative integers")
         local = bool(pid) and bool(meta.get("host")) and meta.get("host") == host_token()
         session = Session(secrets.token_hex(16), pid, local, ResidentStore(self.backend, self.cache),
-                          last_seen=time.monotonic())
+                          last_seen=time.monotonic(), user=meta.get("user"))
         reply: dict[str, Any] = {"session": session.sid, "shm": None}
         if not want:
             reply["shm_reason"] = "not requested"

@@ -1,0 +1,101 @@
+"""The `tensorwire` command: serve's listening line and signals, refusals, --version, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import tensorwire as tw
+from conftest import ServerProcess, listen_url
+
+CMD = [sys.executable, "-m", "tensorwire"]
+
+
+def _run(*args: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CMD, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_version():
+    out = _run("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"tensorwire {tw.__version__}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_serve_prints_listening_line_and_exits_0_on_signal(transport, sig, tmp_path):
+    server = ServerProcess([listen_url(transport, tmp_path)], "--backend", "numpy")
+    try:
+        url = server.url
+        if transport == "tcp":
+            port = int(url.rsplit(":", 1)[1])
+            assert url.startswith("tcp://127.0.0.1:") and port > 0  # the real port, not 0
+        else:
+            assert url == listen_url("ipc", tmp_path)
+        with tw.Client(url, transport="zmq") as client:  # it really serves
+            assert client.call("identity", 3) == 3
+        server.proc.send_signal(sig)
+        assert server.proc.wait(20) == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--listen", "foo://x"], "unknown transport scheme 'foo'"),
+        (["--listen", "tcp://127.0.0.1:0", "--backend", "bogus"], "invalid choice: 'bogus'"),
+        (["--listen", "tcp://127.0.0.1:0"], "--insecure"),
+        (["--listen", "tcp://127.0.0.1:0", "--auth-dir", "/nonexistent"], "no server keypair"),
+    ],
+    ids=["bad-url", "bad-backend", "tcp-without-keys", "missing-keys"],
+)
+def test_serve_refuses_bad_arguments_with_exit_2(args, needle):
+    out = _run("serve", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bench_quick_run_writes_json(tmp_path):
+    path = tmp_path / "bench.json"
+    out = _run(
+        "bench",
+        "--size",
+        "1KB,64KB",
+        "--count",
+        "5",
+        "--transport",
+        "ipc",
+        "--backend",
+        "numpy",
+        "--json",
+        str(path),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "median µs" in out.stdout
+    data = json.loads(path.read_text())
+    assert data["transport"] == "ipc" and data["op"] == "identity"
+    assert [r["nbytes"] for r in data["rows"]] == [1024, 64 << 10]
+    for row in data["rows"]:
+        assert row["count"] == 5
+        assert 0 < row["p10_us"] <= row["median_us"] <= row["p90_us"]
+        assert row["mb_per_s"] > 0
+        assert row["paths"]["request"] == ["frame"]
+
+
+def test_bench_refuses_bad_size():
+    out = _run("bench", "--size", "12XB")
+    assert out.returncode == 2
+    assert "size '12XB'" in out.stderr
