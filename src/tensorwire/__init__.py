@@ -7,7 +7,8 @@
 """
 
 from ._version import __version__
-from .client import AsyncClient, Client
+from .client import AsyncClient, Client, RemoteTensor
+from .codec import exact
 from .errors import (
     AuthError,
     ConnectionClosed,
@@ -30,6 +31,7 @@ __all__ = [
     "ProtocolError",
     "QuotaExceeded",
     "RemoteError",
+    "RemoteTensor",
     "Server",
     "ServerBusy",
     "TensorwireError",
@@ -37,5 +39,6 @@ __all__ = [
     "TransportError",
     "VersionMismatch",
     "__version__",
+    "exact",
     "register_op",
 ]

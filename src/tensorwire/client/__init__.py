@@ -2,5 +2,6 @@
 
 from ._async import AsyncClient
 from ._client import Client
+from ._remote import RemoteTensor
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "Client", "RemoteTensor"]

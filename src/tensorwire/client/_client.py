@@ -27,6 +27,9 @@ import zmq
 from ..channel import ChannelError, ClientChannel, host_token, small_message
 from ..codec import (
     HandleRef,
+    choose,
+    to_wire,
+    validate_wire_dtype,
     content_digest,
     decode,
     encode_payload,
@@ -45,7 +48,7 @@ from ..errors import (
     TransportError,
 )
 from ..trace import build_trace
-from ..transport import ClientKeys, Transport, client_socket, get_transport
+from ..transport import ClientKeys, Transport, client_socket, get_transport, scheme_of
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
 
@@ -81,8 +84,7 @@ class Client:
             raise ValueError("require='shm' contradicts transport='zmq'")
         if type(shm_size) is not int or shm_size <= 0:
             raise ValueError(f"shm_size must be a positive number of bytes, got {shm_size!r}")
-        if wire_dtype is not None:
-            raise ValueError(f"wire_dtype {wire_dtype!r} is not supported yet; use None")
+        self.wire_dtype = validate_wire_dtype(wire_dtype)
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.url, self.timeout, self.transport = url, float(timeout), transport
@@ -161,11 +163,11 @@ class Client:
     def call(self, op: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run `op` on the server and return its result.
 
-        `out="remote"` (a reserved keyword) keeps the result on the server and
-        returns a RemoteTensor instead.
+        Reserved keywords: `out="remote"` keeps the result on the server and returns a
+        RemoteTensor; `wire_dtype=` overrides the client's wire precision for this call.
         """
-        out = kwargs.pop("out", None)
-        return self._request("call", op, args, kwargs, extra=_out_meta(out))
+        extra = _call_options(kwargs)
+        return self._request("call", op, args, kwargs, extra=extra)
 
     def submit(self, op: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start `op` and return a Future; many may be in flight on one connection.
@@ -173,8 +175,7 @@ class Client:
         Do not modify an argument array until its future is done: it is sent
         without a copy.
         """
-        out = kwargs.pop("out", None)
-        item, frames = self._prepare("call", op, args, kwargs, _out_meta(out))
+        item, frames = self._prepare("call", op, args, kwargs, _call_options(kwargs))
         item.future = Future()
         if self._pump is None:
             with self._sockets_lock:
@@ -419,7 +420,12 @@ class Client:
                 released = self._channel.take_released()
                 if released:
                     meta["fr"] = released
-        encoded = encode_payload(payload, placer)
+        wire = meta.get("w", self.wire_dtype) if kind in ("call", "put", "graph") else None
+        caster = None
+        if wire is not None:
+            meta["w"] = wire  # the server narrows its results the same way
+            caster = self._caster(wire)
+        encoded = encode_payload(payload, placer, caster)
         frames = encoded.frames(meta)
         t1 = time.perf_counter()
         item = Pending(
@@ -461,6 +467,15 @@ class Client:
         self._trace_parts = (item, received, time.perf_counter(), decoded.meta.get("t"),
                              decoded.paths)
         item.settle(result)
+
+    def _caster(self, wire: str) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:
+        """Narrow tensors per the wire policy; "auto" only where the wire is the bottleneck."""
+        path = "shm" if self._channel is not None else scheme_of(self.url)
+
+        def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
+            return to_wire(arr, choose(wire, transport_path=path, nbytes=arr.nbytes))
+
+        return cast
 
     def _handle(self, ref: Any) -> RemoteTensor:
         if isinstance(ref, RemoteTensor):
@@ -506,12 +521,19 @@ class Client:
             item.send = item.sent_at - item.sent_at_start
 
 
-def _out_meta(out: Any) -> dict[str, Any] | None:
-    if out is None:
+def _call_options(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Pop the reserved call options (out, wire_dtype) from an op's keywords into meta."""
+    if "out" not in kwargs and "wire_dtype" not in kwargs:
         return None
-    if out not in ("remote", "local"):
-        raise ValueError(f"out must be 'remote' or 'local', got {out!r}")
-    return {"out": out}
+    meta: dict[str, Any] = {}
+    out = kwargs.pop("out", None)
+    if out is not None:
+        if out not in ("remote", "local"):
+            raise ValueError(f"out must be 'remote' or 'local', got {out!r}")
+        meta["out"] = out
+    if "wire_dtype" in kwargs:
+        meta["w"] = validate_wire_dtype(kwargs.pop("wire_dtype"))
+    return meta
 
 
 def _kind_of(args: tuple[Any, ...]) -> str | None:

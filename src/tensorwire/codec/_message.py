@@ -23,6 +23,7 @@ from ..errors import ProtocolError, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
 from ._limits import DEFAULT_LIMITS, Limits
+from ._precision import Exact, from_wire
 from ._tensors import tensor_kind, to_numpy
 
 PROTOCOL_VERSION = 1
@@ -32,6 +33,8 @@ EXT_COMPLEX = 2
 # A placer may put a tensor somewhere other than a frame (shared memory): it returns
 # (descriptor, path name), or (None, path name) to send a frame and say why.
 Placer = Callable[[np.ndarray], tuple[Any, str]]
+# A caster narrows a tensor for the wire: (array to send, original dtype name or None).
+Caster = Callable[[np.ndarray], tuple[np.ndarray, str | None]]
 # A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
 Resolver = Callable[[Any, int], tuple[Any, str]]
 # Picks the resolver from the meta (the session a request belongs to); None: frames only.
@@ -88,8 +91,14 @@ def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8), "C", True
 
 
-def encode_payload(payload: Any, placer: Placer | None = None) -> Encoded:
-    """Encode a payload tree; tensors become out-of-band frames (or channel descriptors)."""
+def encode_payload(
+    payload: Any, placer: Placer | None = None, caster: Caster | None = None
+) -> Encoded:
+    """Encode a payload tree; tensors become out-of-band frames (or channel descriptors).
+
+    `caster` narrows tensors for the wire (bfloat16/float16); the receiver widens them
+    back. Tensors wrapped in `Exact` are never cast.
+    """
     out = Encoded()
 
     def default(obj: Any) -> Any:
@@ -99,11 +108,14 @@ def encode_payload(payload: Any, placer: Placer | None = None) -> Encoded:
             out.handles += 1
             out.paths.append(RESIDENT_PATH)
             return msgpack.ExtType(EXT_HANDLE, _pack_inner(obj.wire()))
+        cast = caster
+        if isinstance(obj, Exact):
+            obj, cast = obj.value, None
         if isinstance(obj, np.generic):
             obj = np.asarray(obj)
         if tensor_kind(obj) is None:
             raise ProtocolError(f"cannot send a value of type {type(obj).__name__}")
-        return _encode_tensor(to_numpy(obj), out, placer)
+        return _encode_tensor(to_numpy(obj), out, placer, cast)
 
     try:
         out.payload = msgpack.packb(payload, default=default)
@@ -117,7 +129,12 @@ def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = No
     return encode_payload(payload, placer).frames(meta)
 
 
-def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgpack.ExtType:
+def _encode_tensor(
+    arr: np.ndarray, out: Encoded, placer: Placer | None, caster: Caster | None
+) -> msgpack.ExtType:
+    original = None
+    if caster is not None:
+        arr, original = caster(arr)
     name = dtype_name(arr.dtype)
     shape = list(arr.shape)
     location, path = placer(arr) if placer is not None else (None, FRAME_PATH)
@@ -128,6 +145,9 @@ def _encode_tensor(arr: np.ndarray, out: Encoded, placer: Placer | None) -> msgp
         ref = [name, shape, order, len(out.tensor_frames) + 1]
         out.tensor_frames.append(flat)
         path = COPIED_PATH if copied else path
+    if original is not None:
+        ref.append(original)  # cast for the wire: the receiver widens it back
+        path = f"{path}+{name}"
     out.paths.append(path)
     return msgpack.ExtType(EXT_TENSOR, _pack_inner(ref))
 
@@ -241,9 +261,16 @@ class _DecodeState:
         raise ProtocolError(f"unknown extension type {code}")
 
     def tensor(self, ref: Any) -> np.ndarray:
-        if not (isinstance(ref, list) and len(ref) == 4):
+        if not (isinstance(ref, list) and len(ref) in (4, 5)):
             raise ProtocolError("malformed tensor reference")
-        name, shape, order, location = ref
+        name, shape, order, location = ref[:4]
+        if len(ref) == 5:  # it was narrowed for the wire: widen it back to what was sent
+            narrow = self._tensor(name, shape, order, location)
+            self.paths[-1] += f"+{name}"
+            return from_wire(narrow, ref[4])
+        return self._tensor(name, shape, order, location)
+
+    def _tensor(self, name: Any, shape: Any, order: Any, location: Any) -> np.ndarray:
         dtype = wire_dtype(name)
         nbytes = self._checked_nbytes(shape, dtype.itemsize)
         if order not in ("C", "F"):

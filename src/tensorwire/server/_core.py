@@ -15,11 +15,23 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
 
 from ..channel import DEFAULT_DIRECTORY
 from ..channel import ChannelError, pack_message
-from ..codec import DEFAULT_LIMITS, Limits, decode, encode, encode_payload, peek_meta
+from ..codec import (
+    DEFAULT_LIMITS,
+    Caster,
+    Limits,
+    choose,
+    decode,
+    encode,
+    encode_payload,
+    peek_meta,
+    to_wire,
+    validate_wire_dtype,
+)
 from ..errors import AuthError, ProtocolError, ServerBusy
 from ..trace import server_stages
 from ..transport import ServerAuth, Transport, get_transport, server_socket
@@ -192,7 +204,7 @@ class ServerCore:
             encoded_at = time.perf_counter()
             channel = session.channel if session is not None else None
             placer = channel.place if channel is not None and request.kind != "hello" else None
-            encoded = encode_payload(result, placer)
+            encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), item, channel))
             done = time.perf_counter()
             stages = server_stages(
                 started - item.arrived, deserialized - started, compute, done - encoded_at
@@ -248,3 +260,25 @@ def _user(item: _Incoming) -> str | None:
     except (zmq.ZMQError, AttributeError):
         return None
     return user if isinstance(user, str) else None
+
+
+def _caster(wire: Any, item: _Incoming, channel: Any) -> Caster | None:
+    """Narrow results the way the client narrowed its request (its wire policy)."""
+    if wire is None:
+        return None
+    policy = validate_wire_dtype(wire) if isinstance(wire, str) else None
+    if policy is None:
+        raise ProtocolError(f"unknown wire dtype {wire!r}")
+    path = "shm" if channel is not None else _scheme(item)
+
+    def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
+        return to_wire(arr, choose(policy, transport_path=path, nbytes=arr.nbytes))
+
+    return cast
+
+
+def _scheme(item: _Incoming) -> str:
+    if item.sock is None:
+        return "shm"
+    endpoint = item.sock.getsockopt(zmq.LAST_ENDPOINT)
+    return endpoint.decode().partition(":")[0] if isinstance(endpoint, bytes) else "ipc"

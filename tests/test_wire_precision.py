@@ -1,0 +1,93 @@
+"""Wire precision end to end: bfloat16/float16 on the wire, original dtypes at both ends."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import tensorwire as tw
+from tensorwire.codec import unit_roundoff
+
+
+@pytest.fixture(scope="module")
+def tcp_server():
+    with tw.Server(listen=["tcp://127.0.0.1:0"], backend="numpy", insecure=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("wire", ["bfloat16", "float16"])
+def test_float32_round_trip_within_the_bound(tcp_server, wire):
+    x = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype=wire) as gpu:
+        y = gpu.identity(x)
+        paths = gpu.last_trace["paths"]
+    assert y.dtype == np.float32 and y.shape == x.shape
+    # cast twice (there and back): each is a round-to-nearest with relative error <= u
+    u = unit_roundoff(wire)
+    assert np.all(np.abs(y - x) <= 2.01 * u * np.abs(x) + 1e-30)
+    assert not np.array_equal(y, x)  # it really went narrow
+    assert paths["request"] == [f"frame+{wire}"] and paths["reply"] == [f"frame+{wire}"]
+
+
+def test_bfloat16_is_true_bfloat16(tcp_server):
+    x = np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0e38], np.float32)  # ties round to even
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        y = gpu.call("identity", x, wire_dtype=None)  # request narrowed? no: per-call override
+        assert np.array_equal(y, x)
+        y = gpu.identity(x)
+    expected = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_nan_and_inf_survive(tcp_server):
+    x = np.array([np.nan, np.inf, -np.inf, -0.0, 1e6], np.float32)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="float16") as gpu:
+        y = gpu.identity(x)
+    assert np.isnan(y[0]) and y[1] == np.inf and y[2] == -np.inf
+    assert y[3] == 0 and np.signbit(y[3])
+    assert y[4] == np.inf  # documented: float16 overflows to inf beyond 65504
+
+
+def test_integers_bools_and_exact_are_never_cast(tcp_server):
+    ints, flags = np.arange(-5, 5, dtype=np.int64), np.array([True, False])
+    x = np.linspace(0, 1, 1000, dtype=np.float32)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        np.testing.assert_array_equal(gpu.identity(ints), ints)
+        np.testing.assert_array_equal(gpu.identity(flags), flags)
+        gpu.neg(tw.exact(x), wire_dtype=None)
+        assert gpu.last_trace["paths"]["request"] == ["frame"]
+        np.testing.assert_array_equal(gpu.neg(tw.exact(x), wire_dtype=None), -x)
+
+
+def test_server_computes_in_the_original_dtype(tcp_server):
+    x = np.full(4, 1.0 + 2**-20, np.float64)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        y = gpu.mul(tw.exact(x), 3.0)
+    assert y.dtype == np.float64
+
+
+def test_auto_casts_only_large_tensors_over_tcp(tcp_server):
+    big = np.ones((1024, 512), np.float32)  # 2 MB
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="auto") as gpu:
+        gpu.identity(big)
+        assert gpu.last_trace["paths"]["request"] == ["frame+bfloat16"]
+        gpu.identity(big[:4])
+        assert gpu.last_trace["paths"]["request"] == ["frame"]
+
+
+def test_auto_never_casts_over_shared_memory():
+    big = np.ones((1024, 512), np.float32)
+    with tw.Server(backend="numpy") as server, tw.Client(server.url, wire_dtype="auto") as gpu:
+        assert gpu.path == "shm"
+        y = gpu.identity(big)
+        assert "+" not in "".join(gpu.last_trace["paths"]["request"])
+    np.testing.assert_array_equal(y, big)
+
+
+@pytest.mark.parametrize("wire", ["int8", "float32", "bf16", 16])
+def test_unknown_wire_dtype_is_refused(tcp_server, wire):
+    with pytest.raises(ValueError, match="wire dtype"):
+        tw.Client(tcp_server.url, wire_dtype=wire)
+    with tw.Client(tcp_server.url, transport="zmq") as gpu, pytest.raises(ValueError):
+        gpu.identity(np.ones(3), wire_dtype=wire)
