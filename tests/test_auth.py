@@ -73,9 +73,10 @@ def test_sessions_belong_to_their_key(keyed_server):
     with tw.Client(server.url, auth_dir=str(keys), key_name="alice") as alice, \
          tw.Client(server.url, auth_dir=str(keys), key_name="bob") as bob:  # fmt: skip
         handle = alice.put(np.ones(4))
-        bob._session = alice._session  # forge: bob presents alice's session id
-        with pytest.raises(tw.ProtocolError, match="session"):
-            bob.identity(handle)
+        bob._session = alice._session  # forge: bob presents alice's session id...
+        with pytest.raises(tw.RemoteError, match="unknown tensor handle"):
+            bob.identity(handle)  # ...is refused; bob reconnects with his own, which lacks it
+        assert bob._session != alice._session
         np.testing.assert_array_equal(alice.fetch(handle), np.ones(4))
 
 

@@ -675,7 +675,7 @@ def test_bad_order(order: Any) -> None:
     refused([hdr(tref("int8", [1], order)), b"\0"], "order must be")
 
 
-@pytest.mark.parametrize("ref", [[], ["int8", [1], "C"], ["int8", [1], "C", 1, 0], "x", 1, {}])
+@pytest.mark.parametrize("ref", [[], ["int8", [1], "C"], ["int8", [1], "C", 1, "float32", 0], "x", 1, {}])
 def test_malformed_tensor_reference(ref: Any) -> None:
     refused([hdr(msgpack.ExtType(EXT_TENSOR, msgpack.packb(ref))), b"\0"],
             "malformed tensor reference")  # fmt: skip
@@ -745,3 +745,10 @@ def test_errors_are_protocol_errors_not_leaks() -> None:
 
 if sys.byteorder != "little":  # pragma: no cover
     pytestmark = pytest.mark.skip("tests assume a little-endian host")
+
+
+@pytest.mark.parametrize("original", [0, "int8", "float16", None])
+def test_bad_wire_cast_original_is_refused(original: Any) -> None:
+    ref = msgpack.ExtType(EXT_TENSOR, msgpack.packb(["bfloat16", [1], "C", 1, original]))
+    with pytest.raises(ProtocolError):
+        decode([hdr(ref), b"\0\0"])

@@ -356,10 +356,11 @@ def test_real_quick_run_writes_json_with_positive_figures(tmp_path):
     for row in data["stages"]:
         assert row["total_ms"] > 0 and row["mb_per_s"] > 0 and row["samples"] >= 1
     ladder = {r["key"]: r for r in data["ladder"]}
-    for key in ("seed", "seed_binary", "frames", "shm"):
+    for key in ("seed", "seed_binary", "frames", "bf16", "shm", "resident"):
         assert ladder[key]["measured"]["total_ms"] > 0, key
         assert ladder[key]["measured"]["budget"]["parts"]["compute"] > 0
-    for key in ("bf16", "resident", "cuda_ipc"):
-        assert ladder[key]["status"] == "not available" and ladder[key]["measured"] is None
+    assert ladder["resident"]["measured"]["budget"]["calls"] == 1  # one fused request
+    assert ladder["cuda_ipc"]["status"] == "not available"
+    assert ladder["cuda_ipc"]["measured"] is None
     assert sorted(os.listdir(tmp_path)) == ["diag.json"]  # nothing else left behind
     assert _dead_owner_segments() <= before

@@ -52,8 +52,6 @@ def test_free_then_use_is_unknown(server: tw.Server) -> None:
         assert info.value.remote_type == "UnknownHandle"
 
 
-@pytest.mark.xfail(strict=True, reason="Client._trace_parts holds the last reply's value (the "
-                   "handle) until the next reply: it is freed one request later")
 def test_garbage_collected_handle_is_freed_with_the_next_request(server: tw.Server) -> None:
     with tw.Client(server.url) as gpu:
         h = gpu.put(np.ones(1000, np.float32))

@@ -6,6 +6,7 @@
     │   └── VersionMismatch  client and server speak different protocol versions
     ├── TimeoutError         no reply in time (also a builtin TimeoutError)
     ├── ConnectionClosed     the peer went away
+    │   └── SessionExpired   the server no longer knows this client's session (restarted)
     ├── ServerBusy           the server's queue is full; retry later
     ├── TransportError       no transport for a URL, or it cannot be used here
     ├── AuthError            authentication failed
@@ -27,6 +28,7 @@ __all__ = [
     "QuotaExceeded",
     "RemoteError",
     "ServerBusy",
+    "SessionExpired",
     "TensorwireError",
     "TimeoutError",
     "TransportError",
@@ -63,6 +65,10 @@ class ConnectionClosed(TensorwireError):
     """The peer went away."""
 
 
+class SessionExpired(ConnectionClosed):
+    """The server does not know this client's session: it restarted or reclaimed it."""
+
+
 class ServerBusy(TensorwireError):
     """The server's request queue is full."""
 
@@ -86,4 +92,5 @@ WIRE_ERRORS: dict[str, type[TensorwireError]] = {
     "busy": ServerBusy,
     "auth": AuthError,
     "quota": QuotaExceeded,
+    "session": SessionExpired,
 }

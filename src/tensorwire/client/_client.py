@@ -44,11 +44,13 @@ from ..errors import (
     ProtocolError,
     RemoteError,
     TensorwireError,
+    SessionExpired,
     TimeoutError,
     TransportError,
 )
 from ..trace import build_trace
 from ..transport import ClientKeys, Transport, client_socket, get_transport, scheme_of
+from . import _graph
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
 
@@ -75,6 +77,7 @@ class Client:
         copy: bool = False,
         auth_dir: str | None = None,
         key_name: str = "client",
+        retries: int = 2,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
@@ -89,7 +92,11 @@ class Client:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.url, self.timeout, self.transport = url, float(timeout), transport
         self.copy = copy
-        self._shm_size = shm_size if transport == "auto" else 0
+        self._shm_size = self._shm_request = shm_size if transport == "auto" else 0
+        self._require = require
+        if type(retries) is not int or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+        self.retries = retries
         self._channel: ClientChannel | None = None
         self._session: str | None = None
         self.shm_reason = "transport='zmq' was asked for" if transport == "zmq" else ""
@@ -139,16 +146,18 @@ class Client:
     def last_trace(self) -> dict[str, Any]:
         """Seconds per stage of the last completed request, and each tensor's path."""
         if self._trace_parts is not None:  # built on first read: most calls never look
-            item, received, done, server, reply_paths = self._trace_parts
+            timing, received, done, server, reply_paths, graph_mode = self._trace_parts
+            carrier, serialize, send, sent_at, request_paths = timing
             self._trace = build_trace(
-                carrier=item.carrier,
-                serialize=item.serialize,
-                send=item.send,
-                wait=received - item.sent_at,
+                carrier=carrier,
+                serialize=serialize,
+                send=send,
+                wait=received - sent_at,
                 deserialize=done - received,
                 server=server,
-                request_paths=item.request_paths,
+                request_paths=request_paths,
                 reply_paths=reply_paths,
+                graph_mode=graph_mode,
             )
             self._trace_parts = None
         return self._trace
@@ -166,6 +175,8 @@ class Client:
         Reserved keywords: `out="remote"` keeps the result on the server and returns a
         RemoteTensor; `wire_dtype=` overrides the client's wire precision for this call.
         """
+        if _graph.RECORDING and (graph := _graph.recording(args, kwargs)) is not None:
+            return graph.call(op, *args, **kwargs)  # inside gpu.graph() / @gpu.function
         extra = _call_options(kwargs)
         return self._request("call", op, args, kwargs, extra=extra)
 
@@ -289,6 +300,16 @@ class Client:
     def __repr__(self) -> str:
         return f"<tensorwire.Client {self.url} {'closed' if self._closed else 'open'}>"
 
+    def _reconnect(self) -> None:
+        """Open a new session after the server lost ours (resident handles are gone)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._session = None
+        self._shm_size = self._shm_request
+        self.server_info = self._request("hello", "", (), {})
+        self._negotiate(self._require)
+
     def _bye(self) -> None:
         """Tell the server to drop our session now (it would reap it later anyway)."""
         if self._session is None:
@@ -310,38 +331,76 @@ class Client:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Any:
+        try:
+            return self._request_once(kind, op, args, kwargs, timeout, extra)
+        except SessionExpired:
+            if kind in ("hello", "bye"):
+                raise
+            self._reconnect()  # the server restarted: a new session, then one more try
+            return self._request_once(kind, op, args, kwargs, timeout, extra)
+
+    def _request_once(
+        self,
+        kind: str,
+        op: str,
+        args: Any,
+        kwargs: Any,
+        timeout: float | None,
+        extra: dict[str, Any] | None,
+    ) -> Any:
         item, frames = self._prepare(kind, op, args, kwargs, extra)
         if timeout is not None:
             item.deadline = time.monotonic() + timeout
         channel = self._channel
-        if channel is not None and channel.pipe is not None and kind == "call":
+        if channel is not None and channel.pipe is not None and kind in ("call", "graph"):
             message = small_message(frames)
             if message is not None and channel.pipe_lock.acquire(blocking=False):
                 try:
                     return self._over_pipe(channel, message, item)
                 finally:
                     channel.pipe_lock.release()
-        return self._over_zmq(frames, item)
+        return self._over_zmq(frames, item, retry=kind != "hello")
 
-    def _over_zmq(self, frames: list[Any], item: Pending) -> Any:
-        sock = self._thread_socket()
-        sock.send_multipart(frames, copy=False)
-        item.sent_at = time.perf_counter()
-        item.send = item.sent_at - item.sent_at_start
+    def _over_zmq(self, frames: list[Any], item: Pending, retry: bool) -> Any:
+        """Send, wait; on silence reconnect and resend the same request id (Lazy Pirate).
+
+        The server answers a resent id from its reply cache, so an op never runs twice.
+        """
         item.carrier = "zmq"
         lookup = {item.rid: item}.get
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            sock = self._thread_socket()
+            sock.send_multipart(frames, copy=False)
+            item.sent_at = time.perf_counter()
+            item.send = item.sent_at - item.sent_at_start
+            share = (item.deadline - time.monotonic()) / (attempts - attempt)
+            if self._receive(sock, item, lookup, time.monotonic() + share):
+                return item.outcome()
+            self._drop_thread_socket()  # a fresh connection for the resend
+        raise self._timeout(item)
+
+    def _receive(self, sock: zmq.Socket[bytes], item: Pending, lookup: Any, until: float) -> bool:
         while not item.done:
             # A receive timeout instead of Socket.poll, which builds a Poller per call.
-            remaining_ms = int((item.deadline - time.monotonic()) * 1000)
+            remaining_ms = int((until - time.monotonic()) * 1000)
             try:
                 if remaining_ms <= 0:
                     raise zmq.Again
                 sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
                 frames = sock.recv_multipart(copy=False)
             except zmq.Again:
-                raise self._timeout(item) from None
+                return False
             self._complete(frames, lookup)
-        return item.outcome()
+        return True
+
+    def _drop_thread_socket(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            self._local.sock = None
+            with self._sockets_lock:
+                self._sockets.remove(sock)
+            sock.close(linger=0)
 
     @property
     def server_info_known(self) -> bool:
@@ -464,8 +523,10 @@ class Client:
         if decoded.meta.get("hd"):
             payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
-        self._trace_parts = (item, received, time.perf_counter(), decoded.meta.get("t"),
-                             decoded.paths)
+        # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
+        timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
+        self._trace_parts = (timing, received, time.perf_counter(), decoded.meta.get("t"),
+                             decoded.paths, decoded.meta.get("gm"))
         item.settle(result)
 
     def _caster(self, wire: str) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:

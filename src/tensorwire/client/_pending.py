@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +34,15 @@ class Pending:
         if self.done:
             return
         self.done, self.value, self.error = True, value, error
-        if self.future is not None:
+        if self.future is None:
+            return
+        try:
             if error is not None:
                 self.future.set_exception(error)
             else:
                 self.future.set_result(value)
+        except InvalidStateError:
+            pass  # the caller cancelled its future; the reply is simply dropped
 
     def outcome(self) -> Any:
         if self.error is not None:

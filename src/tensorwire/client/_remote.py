@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class RemoteTensor(HandleRef):
     __slots__ = ("_client", "_finalizer")
+    __array_ufunc__ = None  # `array @ handle` must not fetch silently: use gpu ops or fetch()
 
     def __init__(self, client: Client, ref: HandleRef, dropped: deque[int]) -> None:
         super().__init__(ref.hid, ref.shape, ref.dtype, ref.device)

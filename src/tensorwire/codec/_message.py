@@ -66,6 +66,7 @@ class Encoded:
     tensor_frames: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     handles: int = 0  # resident-tensor references in the payload
+    nbytes: int = 0  # tensor bytes carried (frames and channel alike)
 
     def frames(self, meta: dict[str, Any]) -> list[Any]:
         """The message frames. Meta is packed last so it can carry the encode time."""
@@ -149,6 +150,7 @@ def _encode_tensor(
         ref.append(original)  # cast for the wire: the receiver widens it back
         path = f"{path}+{name}"
     out.paths.append(path)
+    out.nbytes += arr.nbytes
     return msgpack.ExtType(EXT_TENSOR, _pack_inner(ref))
 
 
@@ -158,6 +160,7 @@ class Decoded:
     payload: Any
     paths: list[str] = field(default_factory=list)
     handles: int = 0  # resident-tensor references in the payload
+    nbytes: int = 0  # tensor bytes carried
 
 
 def decode(
@@ -189,7 +192,8 @@ def decode(
     unused = set(range(1, len(frames))) - state.used
     if unused:
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
-    return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles)
+    return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles,
+                   nbytes=state.nbytes)
 
 
 def _unpack(
@@ -245,6 +249,7 @@ class _DecodeState:
         self.used: set[int] = set()
         self.paths: list[str] = []
         self.handles = 0
+        self.nbytes = 0
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_HANDLE:
@@ -273,6 +278,7 @@ class _DecodeState:
     def _tensor(self, name: Any, shape: Any, order: Any, location: Any) -> np.ndarray:
         dtype = wire_dtype(name)
         nbytes = self._checked_nbytes(shape, dtype.itemsize)
+        self.nbytes += nbytes
         if order not in ("C", "F"):
             raise ProtocolError(f"tensor order must be 'C' or 'F', got {order!r}")
         buf = self._buffer(location, nbytes)

@@ -6,14 +6,14 @@ predicted latency is carried beside it, labelled as the seed's prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from ..client import Client
 from ._seed_client import SeedClient
-from ._workload import measure_workload
+from ._workload import ResidentSeed, measure_workload, run_fused, run_once, seed_inputs
 
 Tick = Callable[[str], None]
 
@@ -69,8 +69,9 @@ def measure_ladder(
             "measured": None,
         }
         if opener is not None:
+            run = run_fused if step.key == "resident" else run_once
             with opener() as client:
-                row["measured"] = measure_workload(client, repeats, max_seconds)
+                row["measured"] = measure_workload(client, repeats, max_seconds, run=run)
             row.update(status="measured", reason="")
         rows.append(row)
     _speedups(rows)
@@ -92,7 +93,7 @@ def _opener(step: Step, tw_url: str, seed_url: str) -> tuple[Opener | None, str]
     if step.key == "bf16":
         return _bf16_opener(tw_url)
     if step.key == "resident":
-        return None, "tensorwire has no resident tensors (Client.put) or graph capture yet"
+        return _resident_opener(tw_url)
     return None, _cuda_reason()
 
 
@@ -100,6 +101,20 @@ def _shm_opener(url: str) -> tuple[Opener | None, str]:
     if not url.startswith("ipc://"):
         return None, "shared memory needs a same-host ipc:// server"
     return (lambda: Client(url, transport="auto", require="shm", shm_size=128 << 20)), ""
+
+
+def _resident_opener(url: str) -> tuple[Opener | None, str]:
+    shm, reason = _shm_opener(url)
+    if shm is None:
+        return None, reason
+
+    @contextmanager
+    def open_resident() -> Iterator[ResidentSeed]:
+        with Client(url, transport="auto", require="shm", shm_size=128 << 20) as client:
+            _, w, b = seed_inputs()
+            yield ResidentSeed(client, (client.put(w, cache=True), client.put(b, cache=True)))
+
+    return open_resident, ""
 
 
 def _bf16_opener(url: str) -> tuple[Opener | None, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,13 @@ from ..codec import (
     to_wire,
     validate_wire_dtype,
 )
-from ..errors import AuthError, ProtocolError, ServerBusy
+from ..errors import AuthError, ProtocolError, QuotaExceeded, ServerBusy, SessionExpired
 from ..trace import server_stages
 from ..transport import ServerAuth, Transport, get_transport, server_socket
 from ._handlers import Handler, error_meta, parse_request
+from ._metrics import Metrics, Observation
+from ._replies import TOO_LARGE
+from ._resident import Quotas
 from ._sessions import Session, Sessions
 from .ops import OpRegistry, default_registry, make_backend
 
@@ -72,6 +75,7 @@ class ServerCore:
         shm_max_arena: int = 1 << 30,
         auth_dir: str | None = None,
         insecure: bool = False,
+        quotas: Quotas | None = None,
     ) -> None:
         if not listen:
             raise ValueError("a server needs at least one listen URL")
@@ -84,8 +88,9 @@ class ServerCore:
         self.auth_dir = auth_dir
         self._auth: ServerAuth | None = None
         backend_impl = make_backend(backend, device)
+        self.quotas = quotas or Quotas()
         self.sessions = Sessions(backend_impl, enabled=shm, directory=shm_dir,
-                                 max_arena=shm_max_arena)
+                                 max_arena=shm_max_arena, quotas=self.quotas)
         self.handler = Handler(registry or default_registry(), backend_impl, self.sessions)
         self.limits = limits
         self.max_queue = max_queue
@@ -93,6 +98,8 @@ class ServerCore:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socks: list[zmq.Socket[bytes]] = []
         self._queue: deque[_Incoming] = deque()
+        self._inflight: Counter[Any] = Counter()  # queued requests per connection
+        self.metrics = Metrics()
         self._stop = threading.Event()
 
     def bind(self) -> list[str]:
@@ -165,12 +172,26 @@ class ServerCore:
             self._enqueue(_Incoming(sock, ident, frames, time.perf_counter()))
 
     def _enqueue(self, item: _Incoming) -> None:
-        if len(self._queue) < self.max_queue:
+        key = _connection(item)
+        error: Exception | None = None
+        if len(self._queue) >= self.max_queue:
+            error = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
+        elif self._inflight[key] >= self.quotas.inflight:
+            error = QuotaExceeded(
+                f"more than {self.quotas.inflight} requests in flight on one connection"
+            )
+        if error is None:
+            self._inflight[key] += 1
             self._queue.append(item)
             return
-        busy = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
         rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
-        self._reply(item, encode(error_meta(rid, busy)))
+        self._reply(item, encode(error_meta(rid, error)))
+
+    def _release_slot(self, item: _Incoming) -> None:
+        key = _connection(item)
+        self._inflight[key] -= 1
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
 
     def _drain_pipe(self, session: Session) -> None:
         pipe = session.channel.pipe
@@ -184,41 +205,70 @@ class ServerCore:
             self.sessions.end(session, f"unreadable message pipe: {exc}")
 
     def _serve_one(self, item: _Incoming) -> None:
+        """Run one request and send exactly one reply (from the cache for a retry)."""
+        self._release_slot(item)
         started = time.perf_counter()
-        rid = None
+        obs = Observation("?", "", "-", True, "", [0.0] * 4, 0, 0)
         try:
-            decoded = decode(item.frames, self.limits, resolver_for=self.sessions.resolver_for)
-            request = parse_request(decoded.meta, decoded.payload)
-            rid = request.rid
-            session = self.sessions.get(decoded.meta)
-            if item.session is not None and session is not item.session:
-                raise ProtocolError("a message pipe carries only its own session's requests")
-            if session is not None and item.sock is not None and session.user != _user(item):
-                raise ProtocolError("unknown or expired session; reconnect")  # not yours
-            if session is not None:
-                _released(session, decoded.meta)
-            deserialized = time.perf_counter()
-            if request.kind == "hello":
-                request.meta["user"] = _user(item)  # the session belongs to this identity
-            result, compute = self.handler.handle(request, session, decoded.handles)
-            encoded_at = time.perf_counter()
-            channel = session.channel if session is not None else None
-            placer = channel.place if channel is not None and request.kind != "hello" else None
-            encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), item, channel))
-            done = time.perf_counter()
-            stages = server_stages(
-                started - item.arrived, deserialized - started, compute, done - encoded_at
-            )
-            reply = {"id": rid, "ok": True, "t": stages}
-            if encoded.handles:
-                reply["hd"] = encoded.handles  # the client turns these into RemoteTensors
-            frames = encoded.frames(reply)
+            frames = self._execute(item, started, obs)
         except Exception as exc:  # every failure becomes this caller's error reply
-            if rid is None:
-                rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
-            log.debug("request %r failed: %r", rid, exc)
-            frames = encode(error_meta(rid, exc))
+            frames = self._failure(item, exc, obs)
         self._reply(item, frames)
+        obs.bytes_in += sum(memoryview(f).nbytes for f in item.frames[:1])
+        self.metrics.observe(obs)
+
+    def _execute(self, item: _Incoming, started: float, obs: Observation) -> list[Any]:
+        decoded = decode(item.frames, self.limits, resolver_for=self.sessions.resolver_for)
+        request = parse_request(decoded.meta, decoded.payload)
+        obs.rid, obs.kind, obs.op, obs.bytes_in = request.rid, request.kind, request.op, decoded.nbytes
+        session = self._session_of(item, decoded.meta)
+        if session is not None:
+            obs.client = session.sid
+            cached = session.replies.get(request.rid)
+            if cached is not None:  # a retry: answer again, never run twice
+                return _from_cache(request.rid, cached)
+            _released(session, decoded.meta)
+        deserialized = time.perf_counter()
+        if request.kind == "hello":
+            request.meta["user"] = _user(item)  # the session belongs to this identity
+        result, compute = self.handler.handle(request, session, decoded.handles)
+        encoded_at = time.perf_counter()
+        channel = session.channel if session is not None else None
+        placer = channel.place if channel is not None and request.kind != "hello" else None
+        encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), item, channel))
+        done = time.perf_counter()
+        obs.stages = server_stages(
+            started - item.arrived, deserialized - started, compute, done - encoded_at
+        )
+        obs.bytes_out = encoded.nbytes
+        reply = {"id": request.rid, "ok": True, "t": obs.stages}
+        if request.kind == "graph" and isinstance(result, dict):
+            reply["gm"] = result.get("mode")  # how the graph ran: compiled, or eager and why
+        if encoded.handles:
+            reply["hd"] = encoded.handles  # the client turns these into RemoteTensors
+        frames = encoded.frames(reply)
+        if session is not None and request.kind not in ("hello", "bye"):
+            session.replies.put(request.rid, frames)
+        return frames
+
+    def _session_of(self, item: _Incoming, meta: dict[str, Any]) -> Session | None:
+        session = self.sessions.get(meta)
+        # Someone else's session id gets exactly the answer an unknown one gets.
+        foreign_pipe = item.session is not None and session is not item.session
+        if foreign_pipe or (session is not None and item.sock is not None
+                            and session.user != _user(item)):
+            raise SessionExpired("unknown or expired session; reconnect")
+        return session
+
+    def _failure(self, item: _Incoming, exc: Exception, obs: Observation) -> list[Any]:
+        rid = obs.rid
+        if rid is None:
+            rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
+        obs.ok, obs.error = False, type(exc).__name__
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            self.handler.backend.release_memory()  # caches emptied; the server keeps serving
+        log.debug("request %r failed: %r", rid, exc)
+        return encode(error_meta(rid, exc))
 
     def _reply(self, item: _Incoming, frames: list[Any]) -> None:
         if item.sock is None:
@@ -282,3 +332,17 @@ def _scheme(item: _Incoming) -> str:
         return "shm"
     endpoint = item.sock.getsockopt(zmq.LAST_ENDPOINT)
     return endpoint.decode().partition(":")[0] if isinstance(endpoint, bytes) else "ipc"
+
+
+def _connection(item: _Incoming) -> Any:
+    """Who a queued request came from: its zmq routing id, or its session's pipe."""
+    return item.session.sid if item.sock is None and item.session is not None else item.ident
+
+
+def _from_cache(rid: int, cached: Any) -> list[Any]:
+    if cached is TOO_LARGE:
+        raise ProtocolError(
+            f"request {rid} already ran; its reply was too large to keep for a retry"
+        )
+    frames: list[Any] = cached
+    return frames

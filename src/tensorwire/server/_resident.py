@@ -15,12 +15,21 @@ from typing import Any
 import numpy as np
 
 from ..codec import HandleRef, content_digest
-from ..errors import ProtocolError, TensorwireError
+from ..errors import ProtocolError, QuotaExceeded, TensorwireError
 from .ops import Backend
 
 
 class UnknownHandle(TensorwireError):
     """A handle this session does not hold (freed, expired, or never its own)."""
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-client limits; exceeding one is a clear QuotaExceeded for that client only."""
+
+    resident_bytes: int = 1 << 40
+    handles: int = 100_000
+    inflight: int = 1024  # requests queued per connection
 
 
 @dataclass
@@ -67,13 +76,15 @@ class _Resident:
 class ResidentStore:
     """One session's resident tensors."""
 
-    def __init__(self, backend: Backend, cache: ContentCache) -> None:
+    def __init__(self, backend: Backend, cache: ContentCache, quotas: Quotas) -> None:
         self.backend = backend
         self.cache = cache
+        self.quotas = quotas
         self._tensors: dict[int, _Resident] = {}
         self.nbytes = 0
 
     def add(self, tensor: Any, digest: str | None = None) -> HandleRef:
+        self.check_quota(_nbytes(tensor))
         hid = secrets.randbits(63)
         self._tensors[hid] = _Resident(tensor, digest)
         self.nbytes += _nbytes(tensor)
@@ -81,6 +92,7 @@ class ResidentStore:
 
     def upload(self, arr: np.ndarray, digest: str | None) -> HandleRef:
         """Keep a copy of a received array (its wire buffer is reused after the reply)."""
+        self.check_quota(arr.nbytes)  # before copying anything
         if digest is not None:
             if content_digest(arr) != digest:
                 raise ProtocolError("uploaded bytes do not match their content hash")
@@ -88,6 +100,16 @@ class ResidentStore:
             tensor = cached if cached is not None else self.cache.insert(digest, self._own(arr))
             return self.add(tensor, digest)
         return self.add(self._own(arr))
+
+    def check_quota(self, nbytes: int) -> None:
+        """QuotaExceeded before anything is kept beyond this session's limits."""
+        if len(self._tensors) >= self.quotas.handles:
+            raise QuotaExceeded(f"resident tensor quota reached ({self.quotas.handles} handles)")
+        if self.nbytes + nbytes > self.quotas.resident_bytes:
+            raise QuotaExceeded(
+                f"resident memory quota: {self.nbytes} + {nbytes} bytes would exceed "
+                f"{self.quotas.resident_bytes}"
+            )
 
     def adopt_cached(self, digest: str) -> HandleRef | None:
         """A handle to an identical tensor already on the server, if there is one."""

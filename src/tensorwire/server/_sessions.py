@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..channel import DEFAULT_DIRECTORY, ServerChannel, host_token, pid_alive, sweep_stale
 from ..channel._errors import ChannelError
 from ..channel._pipe import sweep_stale_pipes
 from ..codec import Resolver
-from ..errors import ProtocolError
-from ._resident import ContentCache, ResidentStore
+from ..errors import ProtocolError, SessionExpired
+from ._replies import ReplyCache
+from ._resident import ContentCache, Quotas, ResidentStore
 from .ops import Backend
 
 log = logging.getLogger("tensorwire.server")
@@ -39,13 +40,15 @@ class Session:
     channel: ServerChannel | None = None
     last_seen: float = 0.0
     user: str | None = None  # the CurveZMQ key that opened it; only it may use the session
+    replies: ReplyCache = field(default_factory=ReplyCache)
 
 
 class Sessions:
     def __init__(self, backend: Backend, *, enabled: bool = True,
                  directory: str = DEFAULT_DIRECTORY, max_arena: int = 1 << 30,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, quotas: Quotas | None = None) -> None:
         self.backend = backend
+        self.quotas = quotas or Quotas()
         self.cache = ContentCache()
         self.idle_timeout = idle_timeout
         self.enabled = enabled
@@ -65,7 +68,8 @@ class Sessions:
         if type(want) is not int or type(pid) is not int or want < 0 or pid < 0:
             raise ProtocolError("hello: shm size and pid must be non-negative integers")
         local = bool(pid) and bool(meta.get("host")) and meta.get("host") == host_token()
-        session = Session(secrets.token_hex(16), pid, local, ResidentStore(self.backend, self.cache),
+        store = ResidentStore(self.backend, self.cache, self.quotas)
+        session = Session(secrets.token_hex(16), pid, local, store,
                           last_seen=time.monotonic(), user=meta.get("user"))
         reply: dict[str, Any] = {"session": session.sid, "shm": None}
         if not want:
@@ -98,7 +102,7 @@ class Sessions:
             return None
         session = self._sessions.get(sid) if isinstance(sid, str) else None
         if session is None:
-            raise ProtocolError("unknown or expired session; reconnect")
+            raise SessionExpired("unknown or expired session; reconnect")
         session.last_seen = time.monotonic()
         return session
 

@@ -35,6 +35,7 @@ def build_trace(
     request_paths: list[str],
     reply_paths: list[str],
     carrier: str = "zmq",
+    graph_mode: str | None = None,
 ) -> dict[str, Any]:
     """Assemble the trace dict exposed as `Client.last_trace`.
 
@@ -53,6 +54,8 @@ def build_trace(
     }
     trace["total"] = serialize + send + wait + deserialize
     trace["paths"] = {"request": request_paths, "reply": reply_paths, "message": carrier}
+    if graph_mode is not None:
+        trace["graph_mode"] = graph_mode
     return trace
 
 

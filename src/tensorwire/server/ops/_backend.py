@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import gc
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,10 @@ class Backend(ABC):
 
     def synchronize(self) -> None:  # noqa: B027 (optional hook: CPU backends need nothing)
         """Wait for queued device work; a no-op on the CPU."""
+
+    def release_memory(self) -> None:
+        """After an out-of-memory error: drop what caches hold so the next request can run."""
+        gc.collect()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} on {self.device}>"

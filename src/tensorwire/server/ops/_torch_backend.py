@@ -69,3 +69,8 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self._cuda:
             torch.cuda.synchronize(self._torch_device)
+
+    def release_memory(self) -> None:
+        super().release_memory()
+        if self._cuda:
+            torch.cuda.empty_cache()

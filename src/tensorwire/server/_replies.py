@@ -1,0 +1,38 @@
+"""Exactly one reply per request: recent replies of a session, by request id.
+
+A client that timed out resends the same request id (Lazy Pirate). The server
+answers it from here instead of running the op twice. Bounded by count and by
+bytes; a reply too large to keep leaves a marker, so a retry of it gets a clear
+error rather than a second execution.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+TOO_LARGE = object()
+
+
+class ReplyCache:
+    def __init__(self, max_entries: int = 256, max_bytes: int = 64 << 20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._replies: OrderedDict[int, Any] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, rid: int) -> Any:
+        """The frames answered to `rid`, TOO_LARGE, or None if it never ran (or is forgotten)."""
+        return self._replies.get(rid)
+
+    def put(self, rid: int, frames: list[Any]) -> None:
+        size = sum(memoryview(f).nbytes for f in frames)
+        kept: Any = frames if size <= self.max_bytes // 4 else TOO_LARGE
+        self._replies[rid] = kept
+        self._bytes += size if kept is frames else 0
+        while len(self._replies) > self.max_entries or self._bytes > self.max_bytes:
+            _, old = self._replies.popitem(last=False)
+            if old is not TOO_LARGE:
+                self._bytes -= sum(memoryview(f).nbytes for f in old)
+
+    def __len__(self) -> int:
+        return len(self._replies)
