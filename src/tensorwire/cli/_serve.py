@@ -8,7 +8,7 @@ import sys
 from types import FrameType
 
 from ..errors import TensorwireError
-from ..server import ServerCore
+from ..server import Quotas, ServerCore
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="CurveZMQ keys for tcp: DIR/server.key_secret and DIR/clients/*.key")
     p.add_argument("--insecure", action="store_true",
                    help="allow plain tcp without keys (anyone who can connect may run ops)")
+    p.add_argument("--quota-resident-bytes", type=int, default=Quotas.resident_bytes,
+                   metavar="BYTES", help="resident tensor bytes per client")
+    p.add_argument("--quota-handles", type=int, default=Quotas.handles, metavar="N",
+                   help="resident tensors per client")
+    p.add_argument("--quota-inflight", type=int, default=Quotas.inflight, metavar="N",
+                   help="requests queued per connection")
     p.set_defaults(func=run)
 
 
@@ -37,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         core = ServerCore(args.listen, device=args.device, backend=args.backend,
                           max_queue=args.max_queue, shm=not args.no_shm,
                           shm_dir=args.shm_dir, shm_max_arena=args.shm_max_arena,
-                          auth_dir=args.auth_dir, insecure=args.insecure)
+                          auth_dir=args.auth_dir, insecure=args.insecure,
+                          quotas=Quotas(args.quota_resident_bytes, args.quota_handles,
+                                        args.quota_inflight))
         urls = core.bind()
     except (TensorwireError, ValueError, RuntimeError) as exc:
         print(f"tensorwire: error: {exc}", file=sys.stderr)
