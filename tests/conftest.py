@@ -1,4 +1,7 @@
-"""Shared fixtures: real servers (thread or child process), always stopped; no /dev/shm leftovers."""
+"""Shared fixtures: real servers (thread or child process), always stopped; no /dev/shm leftovers.
+
+The leak check counts segments and pipe directories created by this run's processes.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +26,10 @@ def _our_segments() -> set[str]:
         return set()
     ours = set()
     for p in SHM_DIR.iterdir():
-        parts = p.name.split("-")
-        if p.name.startswith("tensorwire-") and len(parts) >= 3 and parts[1].isdigit():
-            if int(parts[1]) in OUR_PIDS:
-                ours.add(p.name)
+        # tensorwire-<pid>-<token> (segments), tensorwire-pipe-<pid>-<token> (pipe dirs)
+        parts = p.name.removeprefix("tensorwire-").removeprefix("pipe-").split("-")
+        if p.name.startswith("tensorwire-") and parts[0].isdigit() and int(parts[0]) in OUR_PIDS:
+            ours.add(p.name)
     return ours
 
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import tensorwire as tw
-from tensorwire.transport import generate
-
 from conftest import ServerProcess
+from tensorwire.transport import generate
 
 QUICK = 1.5  # seconds: a refused client gets no reply at all, so it times out
 

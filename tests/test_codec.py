@@ -675,7 +675,9 @@ def test_bad_order(order: Any) -> None:
     refused([hdr(tref("int8", [1], order)), b"\0"], "order must be")
 
 
-@pytest.mark.parametrize("ref", [[], ["int8", [1], "C"], ["int8", [1], "C", 1, "float32", 0], "x", 1, {}])
+@pytest.mark.parametrize(
+    "ref", [[], ["int8", [1], "C"], ["int8", [1], "C", 1, "float32", 0], "x", 1, {}]
+)
 def test_malformed_tensor_reference(ref: Any) -> None:
     refused([hdr(msgpack.ExtType(EXT_TENSOR, msgpack.packb(ref))), b"\0"],
             "malformed tensor reference")  # fmt: skip

@@ -208,8 +208,6 @@ def test_tensor_larger_than_arena_goes_as_frame(server: ServerProcess) -> None:
         assert paths(gpu) == (["shm", "shm"], ["shm"])
 
 
-@pytest.mark.xfail(reason="the reply trace says 'frame', not why: the server's reply paths "
-                          "are not sent to the client (codec/_core)", strict=False)
 def test_reply_too_large_for_arena_is_named_in_trace(server: ServerProcess) -> None:
     with tw.Client(server.url, require="shm", shm_size=1 * MIB) as gpu:
         big = np.ones(MIB, np.float32)
@@ -241,7 +239,7 @@ def test_held_results_never_change(server: ServerProcess) -> None:
                 assert np.array_equal(result, want), f"held result {j} changed after call {i}"
         # The arena filled up (so blocks would have been reused if the rule were broken).
         assert {"shm", "shm(alias)"} & set(reply_paths)
-        assert "frame" in reply_paths
+        assert "frame(arena full)" in reply_paths  # the server says why it fell back
         # Drop half, keep working: the rest still hold their values.
         del held[::2]
         for _ in range(16):

@@ -109,9 +109,7 @@ class ClientChannel:
 
     def resolve(self, location: Any, nbytes: int) -> tuple[Any, str]:
         """A result's bytes: a fresh s2c block, or an alias inside a block we hold."""
-        region, offset, size, fresh = parse_descriptor(location)
-        if size != nbytes:
-            raise ProtocolError(f"shared-memory descriptor holds {size} bytes; tensor needs {nbytes}")
+        region, offset, size, fresh = parse_descriptor(location, nbytes)
         if fresh:
             if region != S2C:
                 raise ProtocolError("only the server's arena holds fresh result blocks")

@@ -65,13 +65,16 @@ def array_in(buffer: Any, like: np.ndarray) -> np.ndarray:
     return np.frombuffer(buffer, dtype=like.dtype, count=like.size).reshape(like.shape)
 
 
-def parse_descriptor(location: Any) -> tuple[int, int, int, bool]:
-    """[region, offset, nbytes, fresh] with types checked; ProtocolError otherwise."""
+def parse_descriptor(location: Any, expected: int) -> tuple[int, int, int, bool]:
+    """[region, offset, nbytes, fresh] with types checked and nbytes matching the tensor's
+    (what its header claims); ProtocolError otherwise."""
     if not (isinstance(location, list) and len(location) == 4):
         raise ProtocolError("malformed shared-memory descriptor")
-    region, offset, nbytes, fresh = location
+    region, offset, size, fresh = location
     if region not in (C2S, S2C) or type(region) is not int:
         raise ProtocolError(f"shared-memory descriptor names unknown region {region!r}")
-    if type(offset) is not int or type(nbytes) is not int or type(fresh) is not bool:
+    if type(offset) is not int or type(size) is not int or type(fresh) is not bool:
         raise ProtocolError("shared-memory descriptor must hold integer offset and size")
-    return region, offset, nbytes, fresh
+    if size != expected:
+        raise ProtocolError(f"shared-memory descriptor holds {size} bytes; tensor needs {expected}")
+    return region, offset, size, fresh

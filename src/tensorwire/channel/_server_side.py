@@ -14,8 +14,9 @@ import numpy as np
 
 from ..errors import ProtocolError
 from ._arena import Arena
-from ._pipe import MessagePipe
+from ._cuda import HostRegistration, register_host, unregister_host
 from ._errors import ChannelError
+from ._pipe import MessagePipe
 from ._regions import (
     C2S,
     FRAME_ARENA_FULL,
@@ -38,7 +39,7 @@ class ServerChannel:
     """Arenas for one client session, and the placer/resolver the codec calls."""
 
     def __init__(self, size: int, *, directory: str = DEFAULT_DIRECTORY,
-                 inline_below: int = INLINE_BELOW) -> None:
+                 inline_below: int = INLINE_BELOW, pin: bool = False) -> None:
         self.inline_below = inline_below
         self.directory = directory
         self.c2s = Arena.create(size, directory=directory)
@@ -48,6 +49,11 @@ class ServerChannel:
             self.c2s.close()
             raise
         self.regions = (Region(self.c2s.segment), Region(self.s2c.segment))
+        # pin: the backend is on CUDA; page-lock both arenas once, for DMA (no-op without CUDA)
+        self.pinned: list[HostRegistration] = (
+            [register_host(self.c2s.segment.buf), register_host(self.s2c.segment.buf)]
+            if pin else []
+        )
         try:
             self.pipe: MessagePipe | None = MessagePipe.create(directory)
         except OSError as exc:  # FIFOs unsupported there: the session still has the arenas
@@ -67,9 +73,7 @@ class ServerChannel:
 
     def resolve(self, location: Any, nbytes: int) -> tuple[Any, str]:
         """A request tensor's bytes, checked to lie inside the arena."""
-        region, offset, size, _ = parse_descriptor(location)
-        if size != nbytes:
-            raise ProtocolError(f"shared-memory descriptor holds {size} bytes; tensor needs {nbytes}")
+        region, offset, size, _ = parse_descriptor(location, nbytes)
         self.regions[region].check(offset, size)
         return self.regions[region].segment.buf[offset : offset + size], SHM_COPY
 
@@ -99,6 +103,9 @@ class ServerChannel:
                 log.info("client released a block it does not hold: %s", exc)
 
     def close(self) -> None:
+        for registration in self.pinned:  # before the arenas unmap
+            unregister_host(registration)
+        self.pinned = []
         if self.pipe is not None:
             self.pipe.close()
             self.pipe = None

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import _bench, _diagnose, _keys, _precision, _serve
+from . import _bench, _diagnose, _keys, _precision, _serve, _top
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     _diagnose.add_parser(sub)
     _precision.add_parser(sub)
     _keys.add_parser(sub)
+    _top.add_parser(sub)
     return parser
 
 

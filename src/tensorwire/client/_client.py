@@ -16,8 +16,8 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from collections.abc import Callable
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,6 @@ from ..channel import ChannelError, ClientChannel, host_token, small_message
 from ..codec import (
     HandleRef,
     choose,
-    to_wire,
-    validate_wire_dtype,
     content_digest,
     decode,
     encode_payload,
@@ -37,14 +35,16 @@ from ..codec import (
     peek_meta,
     restore_kind,
     to_numpy,
+    to_wire,
+    validate_wire_dtype,
 )
 from ..errors import (
     WIRE_ERRORS,
     ConnectionClosed,
     ProtocolError,
     RemoteError,
-    TensorwireError,
     SessionExpired,
+    TensorwireError,
     TimeoutError,
     TransportError,
 )
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ._graph import Graph
 
 TRANSPORTS = ("auto", "zmq")
+_PIPE_SILENT = object()  # no reply over the message pipe in time: resend over zmq
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
 BYE_TIMEOUT = 2.0
 
@@ -356,9 +357,13 @@ class Client:
             message = small_message(frames)
             if message is not None and channel.pipe_lock.acquire(blocking=False):
                 try:
-                    return self._over_pipe(channel, message, item)
+                    result = self._over_pipe(channel, message, item)
                 finally:
                     channel.pipe_lock.release()
+                if result is not _PIPE_SILENT:
+                    return result
+                # Silence on the pipe (e.g. the server was restarted: nobody reads it):
+                # resend the same request id over zmq, which the reply cache makes safe.
         return self._over_zmq(frames, item, retry=kind != "hello")
 
     def _over_zmq(self, frames: list[Any], item: Pending, retry: bool) -> Any:
@@ -409,19 +414,23 @@ class Client:
     def _over_pipe(self, channel: ClientChannel, message: bytes, item: Pending) -> Any:
         """The same-host fast path: one pipe write, one pipe read (caller holds the lock)."""
         pipe = channel.pipe
-        assert pipe is not None
+        if pipe is None:  # another thread gave the pipe up meanwhile
+            return _PIPE_SILENT
+        # Like one Lazy Pirate attempt: wait a share of the time, then go over zmq.
+        until = time.monotonic() + (item.deadline - time.monotonic()) / (self.retries + 1)
         try:
             pipe.send(message, item.deadline - time.monotonic())
         except ChannelError:
             channel.pipe = None  # partly written: the stream is unframed; zmq from now on
-            raise self._timeout(item) from None
+            return _PIPE_SILENT
         item.sent_at = time.perf_counter()
         item.send = item.sent_at - item.sent_at_start
         item.carrier = "pipe"
         lookup = {item.rid: item}.get
         while not item.done:
-            if not pipe.wait_readable(item.deadline - time.monotonic()):
-                raise self._timeout(item)
+            if not pipe.wait_readable(until - time.monotonic()):
+                channel.pipe = None  # its late reply would sit unread in the stream
+                return _PIPE_SILENT
             pipe.reader.read_available()
             for frames in pipe.reader.messages():
                 self._complete(frames, lookup)
@@ -518,15 +527,19 @@ class Client:
             item.settle(error=_remote_exception(decoded.meta.get("err")))
             return
         payload = decoded.payload
-        if self.copy and any(p.startswith("shm") for p in decoded.paths):
+        copied = self.copy and any(p.startswith("shm") for p in decoded.paths)
+        if copied:
             payload = _copied(payload)
         if decoded.meta.get("hd"):
             payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
         timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
+        reply_paths = decoded.meta.get("rp", decoded.paths)  # the server's account wins
+        if copied:
+            reply_paths = [f"{p}+copied out" if p.startswith("shm") else p for p in reply_paths]
         self._trace_parts = (timing, received, time.perf_counter(), decoded.meta.get("t"),
-                             decoded.paths, decoded.meta.get("gm"))
+                             reply_paths, decoded.meta.get("gm"))
         item.settle(result)
 
     def _caster(self, wire: str) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:

@@ -1,7 +1,7 @@
 """Codec: message headers (MessagePack) plus out-of-band tensor frames. Never pickle."""
 
-from ._handles import EXT_HANDLE, HandleRef, content_digest
 from ._dtypes import WIRE_DTYPES, dtype_name, wire_dtype
+from ._handles import EXT_HANDLE, HandleRef, content_digest
 from ._limits import DEFAULT_LIMITS, Limits
 from ._message import (
     COPIED_PATH,

@@ -11,7 +11,6 @@ msgpack's own, complex numbers and numpy arrays of the dtypes in _dtypes.
 from __future__ import annotations
 
 import threading
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..errors import ProtocolError, VersionMismatch
+from ..errors import ProtocolError, SessionExpired, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
 from ._limits import DEFAULT_LIMITS, Limits
@@ -185,7 +184,7 @@ def decode(
     state = _DecodeState(frames, limits, resolver)
     try:
         meta, payload = _unpack(header, state, resolver_for)
-    except ProtocolError:
+    except (ProtocolError, SessionExpired):  # resolver_for: an unknown session stays one
         raise
     except Exception as exc:  # msgpack raises many types for malformed input
         raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
@@ -231,7 +230,8 @@ def _check_version(version: Any) -> None:
     # Exact int check: a decoded tensor here would make `!=` elementwise (ValueError).
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise VersionMismatch(
-            f"peer speaks tensorwire protocol {_short(version)}; this side speaks {PROTOCOL_VERSION}"
+            f"peer speaks tensorwire protocol {_short(version)}; "
+            f"this side speaks {PROTOCOL_VERSION}"
         )
 
 

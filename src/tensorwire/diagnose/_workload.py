@@ -56,7 +56,9 @@ class ResidentSeed:
     weights: tuple[Any, Any]
 
 
-def run_fused(seed: ResidentSeed, inputs: tuple[np.ndarray, ...]) -> tuple[float, list[dict[str, Any]]]:
+def run_fused(
+    seed: ResidentSeed, inputs: tuple[np.ndarray, ...]
+) -> tuple[float, list[dict[str, Any]]]:
     """One fused request: weights resident on the server, linear+gelu as one graph."""
     x, _, _ = inputs
     w, b = seed.weights

@@ -5,4 +5,12 @@ from ._resident import Quotas
 from ._server import Server
 from .ops import OpRegistry, default_registry, make_backend, register_op
 
-__all__ = ["OpRegistry", "Quotas", "Server", "ServerCore", "default_registry", "make_backend", "register_op"]
+__all__ = [
+    "OpRegistry",
+    "Quotas",
+    "Server",
+    "ServerCore",
+    "default_registry",
+    "make_backend",
+    "register_op",
+]

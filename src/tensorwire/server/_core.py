@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..channel import DEFAULT_DIRECTORY
-from ..channel import ChannelError, pack_message
+from ..channel import DEFAULT_DIRECTORY, ChannelError, pack_message
 from ..codec import (
     DEFAULT_LIMITS,
     Caster,
@@ -125,7 +124,8 @@ class ServerCore:
         poller, pipes, version = self._poller(), {}, -1
         while not self._stop.is_set():
             if version != self.sessions.version:  # sessions came or went: poll their pipes
-                poller, pipes, version = self._poller(), self.sessions.pipes(), self.sessions.version
+                poller, pipes = self._poller(), self.sessions.pipes()
+                version = self.sessions.version
                 for fd in pipes:
                     poller.register(fd, zmq.POLLIN)
             ready = dict(poller.poll(0 if self._queue else POLL_MS))
@@ -220,7 +220,8 @@ class ServerCore:
     def _execute(self, item: _Incoming, started: float, obs: Observation) -> list[Any]:
         decoded = decode(item.frames, self.limits, resolver_for=self.sessions.resolver_for)
         request = parse_request(decoded.meta, decoded.payload)
-        obs.rid, obs.kind, obs.op, obs.bytes_in = request.rid, request.kind, request.op, decoded.nbytes
+        obs.rid, obs.kind, obs.op = request.rid, request.kind, request.op
+        obs.bytes_in = decoded.nbytes
         session = self._session_of(item, decoded.meta)
         if session is not None:
             obs.client = session.sid
@@ -246,6 +247,8 @@ class ServerCore:
             reply["gm"] = result.get("mode")  # how the graph ran: compiled, or eager and why
         if encoded.handles:
             reply["hd"] = encoded.handles  # the client turns these into RemoteTensors
+        if any("(" in path for path in encoded.paths):
+            reply["rp"] = encoded.paths  # why a tensor fell back: the client cannot tell
         frames = encoded.frames(reply)
         if session is not None and request.kind not in ("hello", "bye"):
             session.replies.put(request.rid, frames)
@@ -275,7 +278,9 @@ class ServerCore:
             self._reply_pipe(item, frames)
             return
         try:
-            item.sock.send_multipart([item.ident, *frames], copy=False)
+            # NOBLOCK: with ROUTER_MANDATORY a full peer makes a blocking send wait for
+            # good, and one client that never reads would stall the whole server.
+            item.sock.send_multipart([item.ident, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("client is not reading its replies; reply dropped after HWM")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone

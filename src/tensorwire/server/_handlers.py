@@ -8,12 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .._version import __version__
-from ..codec import PROTOCOL_VERSION
-from ..errors import ProtocolError, TensorwireError
 import numpy as np
 
-from ..codec import HandleRef
+from .._version import __version__
+from ..codec import PROTOCOL_VERSION, HandleRef
+from ..errors import ProtocolError, TensorwireError
+from ._exposition import server_state
+from ._metrics import Metrics
 from ._resident import ResidentStore
 from ._sessions import Session, Sessions
 from .ops import Backend, OpRegistry
@@ -22,7 +23,7 @@ from .ops._registry import tree_map
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 
-KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free", "graph")
+KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free", "graph", "stats")
 _NEEDS_SESSION = ("put", "has", "fetch", "free")
 
 
@@ -65,6 +66,7 @@ class Handler:
         self.registry = registry
         self.backend = backend
         self.sessions = sessions
+        self.metrics: Metrics | None = None  # the core's; the "stats" request reads it
 
     def info(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,10 @@ class Handler:
             return {**self.info(), **self.sessions.hello(req.meta)}, 0.0
         if req.kind == "ops":
             return self.registry.list(), 0.0
+        if req.kind == "stats":  # `tensorwire top`
+            if self.metrics is None:
+                raise ProtocolError(f"request {req.rid}: this server keeps no metrics")
+            return server_state(self.metrics, self.sessions, self.info(), session), 0.0
         if req.kind == "bye":
             self.sessions.bye(req.meta)
             return None, 0.0
@@ -152,7 +158,8 @@ def error_meta(rid: Any, exc: BaseException) -> dict[str, Any]:
     """The reply meta for a failed request. Never leaks server paths."""
     code = _wire_code(exc) if isinstance(exc, TensorwireError) else "remote"
     message = _PATHLIKE.sub("<path>", str(exc))[:2000]
-    return {"id": rid, "ok": False, "err": {"code": code, "type": type(exc).__name__, "msg": message}}
+    err = {"code": code, "type": type(exc).__name__, "msg": message}
+    return {"id": rid, "ok": False, "err": err}
 
 
 def _wire_code(exc: TensorwireError) -> str:

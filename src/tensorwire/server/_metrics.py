@@ -74,9 +74,12 @@ class Metrics:
         self.per_client.pop(client, None)
 
     def snapshot(self) -> dict[str, Any]:
+        """Plain data; safe from another thread: each dict is copied (one C call, atomic
+        under the GIL) before anything iterates over it."""
+        requests = dict(self.requests)
         return {
             "uptime": time.time() - self.started,
-            "requests": {f"{k}:{op}" if op else k: n for (k, op), n in self.requests.items()},
+            "requests": {f"{k}:{op}" if op else k: n for (k, op), n in requests.items()},
             "errors": dict(self.errors),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,

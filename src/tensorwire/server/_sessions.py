@@ -139,6 +139,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def live(self) -> list[Session]:
+        """Every open session; one C-level copy, so another thread may call it."""
+        return list(self._sessions.values())
+
     def pipes(self) -> dict[int, Session]:
         """The read end of every session's message pipe."""
         return {

@@ -31,7 +31,7 @@ class Transport(ABC):
     def connect(self, sock: zmq.Socket[bytes], url: str) -> None:
         """Connect a client socket."""
 
-    def unbind_cleanup(self, url: str) -> None:
+    def unbind_cleanup(self, url: str) -> None:  # noqa: B027 (optional: only ipc leaves a file)
         """Remove anything bind() left behind (an ipc socket file)."""
 
 

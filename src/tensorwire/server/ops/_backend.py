@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import gc
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +37,12 @@ class Backend(ABC):
 
     def synchronize(self) -> None:  # noqa: B027 (optional hook: CPU backends need nothing)
         """Wait for queued device work; a no-op on the CPU."""
+
+    def take_timings(self) -> dict[str, Any]:
+        """This request's device stages (seconds) since the last call; {} without a device.
+
+        The server calls it once per request before replying (see TorchBackend)."""
+        return {}
 
     def release_memory(self) -> None:
         """After an out-of-memory error: drop what caches hold so the next request can run."""

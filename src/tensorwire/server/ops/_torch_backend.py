@@ -1,19 +1,35 @@
-"""The torch backend: CPU or one CUDA device. torch is imported only when this is built."""
+"""The torch backend: CPU or one CUDA device. torch is imported only when this is built.
+
+On CUDA, all of the backend's work runs on one CUDA stream of its own (made the current
+stream of the thread that serves requests), and CUDA events around every host-to-device
+copy (from_wire) and device-to-host copy (to_wire) time them. `take_timings()` returns the
+per-request totals (seconds) and resets them: the server calls it once per request, before
+replying, and adds them to the reply's trace. Sources in a page-locked arena (registered
+with `channel._cuda.register_host`) are copied with `non_blocking=True` once the caller has
+shown (by calling take_timings, which waits for the stream) that it fences every request.
+Results come back through page-locked staging buffers (torch's pinned host allocator).
+On the CPU nothing of this runs: from_wire/to_wire are the zero-copy views they always were.
+"""
 
 from __future__ import annotations
 
+import threading
+import warnings
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import torch
 
+from ...channel._cuda import is_registered
 from ._backend import Backend, contiguous
 from ._table import check_kernels
 from ._torch_kernels import KERNELS
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _KERNELS = check_kernels("torch", KERNELS)
+PINNED_D2H_MIN = 64 << 10  # bytes; below this a pageable copy costs no more
+MAX_SPANS = 4096  # copies timed per request before the timer resets itself
 
 
 def resolve_device(device: str) -> str:
@@ -32,6 +48,71 @@ def resolve_device(device: str) -> str:
     return f"cuda:{index}"
 
 
+def _host_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A CPU tensor viewing `arr` (bfloat16 through an int16 view)."""
+    if arr.dtype == _BF16:
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
+
+
+def _host_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16)
+    return t.numpy()
+
+
+class DeviceTimer:
+    """CUDA events around copies on one stream; per-request totals, events pooled."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._free: list[Any] = []
+        self._spans: dict[str, list[tuple[Any, Any]]] = {"h2d": [], "d2h": []}
+        self._first: Any = None
+        self.h2d_pinned = self.h2d_pageable = 0  # bytes this request, by source kind
+
+    def event(self) -> Any:
+        ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
+        ev.record(self.stream)
+        if self._first is None:
+            self._first = ev
+        return ev
+
+    def span(self, kind: str, start: Any, end: Any) -> None:
+        self._spans[kind].append((start, end))
+        if len(self._spans[kind]) > MAX_SPANS:  # nobody takes the timings: don't grow
+            self.take()
+
+    @property
+    def busy(self) -> bool:
+        return self._first is not None
+
+    def take(self) -> dict[str, Any]:
+        """Wait for the stream's work of this request; the totals in seconds; reset."""
+        if self._first is None:
+            return {}
+        last = self.event()
+        last.synchronize()
+        h2d = sum(a.elapsed_time(b) for a, b in self._spans["h2d"]) / 1e3
+        d2h = sum(a.elapsed_time(b) for a, b in self._spans["d2h"]) / 1e3
+        span = self._first.elapsed_time(last) / 1e3
+        out: dict[str, Any] = {
+            "host_to_device": h2d,
+            "device_compute": max(span - h2d - d2h, 0.0),  # stream time besides the copies
+            "device_to_host": d2h,
+        }
+        if self.h2d_pinned or self.h2d_pageable:
+            out["h2d"] = ("pinned" if not self.h2d_pageable else
+                          "pageable" if not self.h2d_pinned else "mixed")
+        used = {id(e): e for pair in self._spans.values() for p in pair for e in p}
+        used[id(self._first)], used[id(last)] = self._first, last
+        self._free.extend(used.values())
+        self._spans = {"h2d": [], "d2h": []}
+        self._first = None
+        self.h2d_pinned = self.h2d_pageable = 0
+        return out
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -40,28 +121,126 @@ class TorchBackend(Backend):
         self._torch_device = torch.device(self.device)
         self._cuda = self._torch_device.type == "cuda"
         self.kernels = _KERNELS
+        self._stream: Any = None
+        self._stream_thread: int | None = None
+        self._timer: DeviceTimer | None = None
+        self.async_h2d = False  # set by the first take_timings(): the caller fences requests
+        if self._cuda:
+            self._stream = torch.cuda.Stream(self._torch_device)
+            self._timer = DeviceTimer(self._stream)
 
-    def from_wire(self, arr: np.ndarray) -> Any:
+    @property
+    def stream(self) -> Any:
+        """The CUDA stream all of this backend's work runs on (None on the CPU)."""
+        return self._stream
+
+    def _use_stream(self) -> None:
+        """Make the backend's stream current on the calling thread (once per thread)."""
+        ident = threading.get_ident()
+        if self._stream_thread != ident:
+            torch.cuda.set_device(self._torch_device)
+            torch.cuda.set_stream(self._stream)
+            self._stream_thread = ident
+
+    def from_wire(self, arr: Any) -> Any:
+        if self._cuda:
+            return self._to_device(arr)
+        if isinstance(arr, torch.Tensor):
+            return arr
         # torch cannot share read-only memory (an in-place op would crash) or negative
         # strides, so those are copied; everything else is a zero-copy view on the CPU.
         if not arr.flags.writeable or any(s < 0 for s in arr.strides):
             arr = arr.copy()
-        if arr.dtype == _BF16:
-            t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+        return _host_tensor(arr)
+
+    def _to_device(self, arr: Any) -> torch.Tensor:
+        self._use_stream()
+        timer = self._timer
+        assert timer is not None
+        if isinstance(arr, torch.Tensor):  # already native (a CUDA IPC import, say)
+            if arr.device == self._torch_device:
+                return arr
+            src, pinned = arr, arr.is_pinned() if arr.device.type == "cpu" else False
         else:
-            t = torch.from_numpy(arr)
-        return t.to(self._torch_device) if self._cuda else t
+            if any(s < 0 for s in arr.strides):
+                arr = arr.copy()
+            if arr.flags.writeable:
+                src = _host_tensor(arr)
+            else:  # only read by the copy below: viewing read-only memory is safe here
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    src = _host_tensor(arr)
+            pinned = is_registered(arr.ctypes.data, arr.nbytes)
+        nbytes = src.numel() * src.element_size()
+        if pinned:
+            timer.h2d_pinned += nbytes
+        else:
+            timer.h2d_pageable += nbytes
+        start = timer.event()
+        out = src.to(self._torch_device, non_blocking=pinned and self.async_h2d)
+        timer.span("h2d", start, timer.event())
+        return out
 
     def to_wire(self, value: Any) -> np.ndarray:
         if not isinstance(value, torch.Tensor):
             return contiguous(np.asarray(value))
         t = value.detach()
         if t.device.type != "cpu":
-            t = t.contiguous().cpu()  # make contiguous on the device, where it is cheap
+            return self._to_host(t)
         t = t.resolve_conj().resolve_neg()
-        if t.dtype == torch.bfloat16:
-            return contiguous(t.view(torch.int16).numpy().view(_BF16))
-        return contiguous(t.numpy())
+        return contiguous(_host_numpy(t))
+
+    def _to_host(self, t: torch.Tensor) -> np.ndarray:
+        """Device -> host through a page-locked staging buffer, timed by events."""
+        if not self._cuda or self._timer is None:  # a CUDA tensor on a CPU backend
+            return contiguous(_host_numpy(t.contiguous().cpu().resolve_conj().resolve_neg()))
+        self._use_stream()
+        timer = self._timer
+        t = t.resolve_conj().resolve_neg().contiguous()  # on the device, where it is cheap
+        nbytes = t.numel() * t.element_size()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=nbytes >= PINNED_D2H_MIN)
+        start = timer.event()
+        host.copy_(t, non_blocking=True)
+        end = timer.event()
+        timer.span("d2h", start, end)
+        end.synchronize()
+        return contiguous(_host_numpy(host))
+
+    def copy_to_host(self, value: Any, dst: np.ndarray) -> None:
+        """Device -> `dst` directly (e.g. a block of a page-locked result arena): one DMA.
+
+        `dst` must be C-contiguous with value's shape and dtype. Returns once the bytes are
+        in `dst`. On the CPU this is a plain copy.
+        """
+        if not dst.flags.c_contiguous or not dst.flags.writeable:
+            raise ValueError("copy_to_host needs a writable C-contiguous destination")
+        out = _host_tensor(dst)
+        t = value.detach().resolve_conj().resolve_neg()
+        if tuple(out.shape) != tuple(t.shape) or out.dtype != t.dtype:
+            raise ValueError(f"copy_to_host: {tuple(t.shape)} {t.dtype} does not fit "
+                             f"{tuple(out.shape)} {out.dtype}")
+        if t.device.type == "cpu" or not self._cuda or self._timer is None:
+            out.copy_(t)
+            return
+        self._use_stream()
+        timer = self._timer
+        start = timer.event()
+        out.copy_(t, non_blocking=is_registered(dst.ctypes.data, dst.nbytes))
+        end = timer.event()
+        timer.span("d2h", start, end)
+        end.synchronize()
+
+    def take_timings(self) -> dict[str, Any]:
+        """This request's device stages in seconds and the h2d path; {} on the CPU.
+
+        Waits for the backend's stream, so every copy out of a client's arena has finished
+        when it returns: call it before replying. Its first call also turns on asynchronous
+        copies from page-locked arenas, since the caller has shown it fences each request.
+        """
+        if self._timer is None:
+            return {}
+        self.async_h2d = True
+        return self._timer.take()
 
     def is_tensor(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)

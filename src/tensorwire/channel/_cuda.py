@@ -1,0 +1,671 @@
+"""CUDA helpers of the channel: page-locked arenas and CUDA IPC (same host, same GPU).
+
+Pinned arenas
+-------------
+``register_host(buffer)`` page-locks a shared-memory arena with ``cudaHostRegister`` so that
+host-to-device copies out of it run as DMA at full bandwidth (and may be asynchronous);
+``unregister_host(handle)`` undoes it and must run before the segment is unmapped. The
+handle holds a view of the buffer, so the mapping cannot disappear while it is registered.
+``is_registered(ptr, nbytes)`` tells the torch backend whether a source array lies in a
+registered range. Without CUDA (or torch) every call is a no-op and ``is_registered`` is
+False: the CPU path is unchanged.
+
+CUDA IPC
+--------
+A same-host client holding a torch CUDA tensor sends an :class:`IpcDescriptor` instead of the
+bytes; the server opens it with ``open_ipc``. The descriptor carries what torch's own
+``_share_cuda_`` produces (the allocation's shareable handle, the storage's byte offset and
+size inside it, torch's producer ref-counter slot, an IPC event to wait on) plus the tensor's
+dtype, shape, strides and element offset, the producer's pid and the GPU's UUID.
+Everything is validated before anything is opened; notably:
+
+- the handle must be a plain ``cudaMalloc`` handle: memory from expandable segments (VMM) or
+  ``cudaMallocAsync`` cannot be imported by an unprivileged process and is refused with
+  :class:`CudaIpcRefused`, never copied through the host behind the caller's back;
+- the tensor's extent must lie inside the storage (no read past what the client shared);
+- torch's consumer-side deleter decrements an int64 in a shared-memory file *named by the
+  producer*; the name must be torch's pattern for the producer's pid, the slot index must be
+  inside torch's counter file, and the file must be a regular file of the right size owned
+  by this user. Otherwise a client could make the server write into any segment.
+
+:class:`LeaseTable` keeps exported or imported tensors alive for a TTL (renewed on use) and
+runs ``torch.cuda.ipc_collect()`` after dropping any, so memory a dead peer held comes back.
+Nothing here is ever pickled; descriptors travel as plain msgpack maps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import ChannelError
+
+log = logging.getLogger("tensorwire.channel")
+
+__all__ = [
+    "IPC_VERSION",
+    "CudaIpcRefused",
+    "HostRegistration",
+    "IpcDescriptor",
+    "LeaseTable",
+    "allocator_refusal",
+    "cuda_available",
+    "export_ipc",
+    "is_registered",
+    "open_ipc",
+    "register_host",
+    "registered_bytes",
+    "unregister_host",
+]
+
+IPC_VERSION = 1
+HANDLE_VERSION = 2  # torch's shareable-handle format: version byte, type byte, payload
+HANDLE_CUDA_MALLOC = ord("c")
+HANDLE_EXPANDABLE = ord("e")
+CUDA_IPC_HANDLE_SIZE = 64  # cudaIpcMemHandle_t / cudaIpcEventHandle_t
+REF_COUNTER_SLOTS = 10000  # torch::CUDA_IPC_REF_COUNTER_FILE_SIZE (int64 slots per file)
+MAX_DIMS = 32
+MAX_DEVICES = 64
+SHM_DIR = "/dev/shm"
+_REF_COUNTER_NAME = re.compile(r"^/torch_(\d{1,10})_(\d{1,20})_(\d{1,20})$")
+_UUID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+# dtype names a descriptor may carry (torch spelling without "torch."), and their sizes.
+ITEMSIZE = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+    "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+}  # fmt: skip
+
+
+class CudaIpcRefused(ChannelError):
+    """A CUDA IPC descriptor (or tensor to export) cannot be used; the message says why."""
+
+
+def cuda_available() -> bool:
+    """torch imports and sees a CUDA device (without importing torch when it is absent)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+# -------------------------------------------------------------------- pinned host memory
+
+
+@dataclass
+class HostRegistration:
+    """One page-locked range; ``active`` is False when registration was a no-op."""
+
+    ptr: int
+    size: int
+    active: bool
+    reason: str = ""  # why it is not active ("no CUDA device", the CUDA error, ...)
+    _view: Any = field(default=None, repr=False)  # keeps the mapping alive while registered
+    _runtime: Any = field(default=None, repr=False)
+
+
+_ranges_lock = threading.Lock()
+_starts: list[int] = []  # sorted starts of registered ranges
+_ends: dict[int, int] = {}  # start -> end
+
+
+def _buffer_view(buffer: Any) -> np.ndarray:
+    view = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
+    if not (view.flags.c_contiguous or view.flags.f_contiguous):
+        raise ValueError("only a contiguous buffer can be page-locked")
+    return view.reshape(-1).view(np.uint8) if view.ndim != 1 or view.dtype != np.uint8 else view
+
+
+def _cudart() -> Any:
+    import torch
+
+    return torch.cuda.cudart()
+
+
+def register_host(buffer: Any, *, runtime: Any = None) -> HostRegistration:
+    """Page-lock ``buffer`` (an mmap, memoryview or contiguous numpy array) for DMA.
+
+    ``runtime`` is an object with ``cudaHostRegister(ptr, size, flags) -> int`` and
+    ``cudaHostUnregister(ptr) -> int`` (default: ``torch.cuda.cudart()`` when CUDA is
+    available). Without CUDA, or when the driver refuses (RLIMIT_MEMLOCK, say), the
+    registration is inactive and says why; copies from that memory are then pageable and
+    the trace says so ("h2d": "pageable").
+    """
+    view = _buffer_view(buffer)
+    ptr, size = int(view.ctypes.data), int(view.nbytes)
+    if runtime is None:
+        if not cuda_available():
+            return HostRegistration(ptr, size, False, "no CUDA device")
+        runtime = _cudart()
+    if size == 0:
+        return HostRegistration(ptr, size, False, "empty buffer")
+    code = int(runtime.cudaHostRegister(ptr, size, 0))  # 0: cudaHostRegisterDefault
+    if code != 0:
+        reason = f"cudaHostRegister failed with CUDA error {code}"
+        log.warning("arena not page-locked (%s); host-to-device copies stay pageable", reason)
+        return HostRegistration(ptr, size, False, reason)
+    with _ranges_lock:
+        if ptr in _ends:  # the same range twice: keep the larger extent
+            _ends[ptr] = max(_ends[ptr], ptr + size)
+        else:
+            bisect.insort(_starts, ptr)
+            _ends[ptr] = ptr + size
+    return HostRegistration(ptr, size, True, "", view, runtime)
+
+
+def unregister_host(handle: HostRegistration | None) -> None:
+    """Undo ``register_host`` (idempotent); call it before the segment is unmapped."""
+    if handle is None or not handle.active:
+        return
+    handle.active = False
+    with _ranges_lock:
+        if _ends.pop(handle.ptr, None) is not None:
+            _starts.remove(handle.ptr)
+    try:
+        code = int(handle._runtime.cudaHostUnregister(handle.ptr))
+        if code != 0:
+            log.warning("cudaHostUnregister failed with CUDA error %d", code)
+    finally:
+        handle._view = handle._runtime = None
+
+
+def is_registered(ptr: int, nbytes: int) -> bool:
+    """Whether [ptr, ptr + nbytes) lies inside one registered range (cheap: one bisect)."""
+    with _ranges_lock:
+        i = bisect.bisect_right(_starts, ptr) - 1
+        return i >= 0 and ptr + nbytes <= _ends[_starts[i]]
+
+
+def registered_bytes() -> int:
+    with _ranges_lock:
+        return sum(_ends[s] - s for s in _starts)
+
+
+# -------------------------------------------------------------------- allocator checks
+
+
+def allocator_refusal(conf: str | None = None, backend: str | None = None) -> str | None:
+    """Why this process's CUDA memory cannot be exported by IPC, or None if it can.
+
+    ``conf`` defaults to ``PYTORCH_CUDA_ALLOC_CONF`` / ``PYTORCH_ALLOC_CONF`` (and torch's
+    live allocator settings when available); ``backend`` to torch's allocator backend.
+    """
+    if conf is None:
+        conf = ",".join(v for v in (os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                                     os.environ.get("PYTORCH_ALLOC_CONF"),
+                                     _live_settings()) if v)
+    for item in re.split(r"[,\s]+", conf):
+        key, _, value = item.partition(":")
+        key, value = key.strip().lower(), value.strip().lower()
+        if key == "expandable_segments" and value in ("true", "1"):
+            return ("expandable_segments is on (PYTORCH_CUDA_ALLOC_CONF): memory from "
+                    "expandable segments (CUDA VMM) cannot be shared by CUDA IPC from an "
+                    "unprivileged process; set expandable_segments:False for tensors you "
+                    "send, or send them through shared memory")
+        if key == "backend" and value == "cudamallocasync":
+            backend = "cudaMallocAsync"
+    if backend is None:
+        backend = _live_backend()
+    if backend not in (None, "native"):
+        return (f"the {backend} CUDA allocator's memory cannot be shared by cudaIpcGetMemHandle; "
+                "use the native caching allocator for tensors you send")
+    return None
+
+
+def _live_settings() -> str:
+    try:
+        import torch
+
+        get = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+        return str(get()) if get is not None else ""
+    except Exception:  # noqa: BLE001 (best effort: the env is checked anyway)
+        return ""
+
+
+def _live_backend() -> str | None:
+    if not cuda_available():
+        return None
+    import torch
+
+    return str(torch.cuda.memory.get_allocator_backend())
+
+
+# -------------------------------------------------------------------- IPC descriptor
+
+
+def _int(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = d.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must be an int in [{lo}, {hi}]")
+    return v
+
+
+def _bytes(d: dict[str, Any], key: str, lo: int, hi: int, *, optional: bool = False) -> bytes:
+    v = d.get(key)
+    if v is None and optional:
+        return b""
+    if type(v) is not bytes or not lo <= len(v) <= hi:
+        raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must be {lo}..{hi} bytes")
+    return v
+
+
+def _ints(d: dict[str, Any], key: str, lo: int) -> tuple[int, ...]:
+    v = d.get(key)
+    if type(v) not in (list, tuple) or len(v) > MAX_DIMS:
+        raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must be a list of at most "
+                             f"{MAX_DIMS} ints")
+    if any(type(x) is not int or x < lo or x > 1 << 62 for x in v):
+        raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must hold ints >= {lo}")
+    return tuple(v)
+
+
+def check_handle(handle: bytes) -> None:
+    """Refuse shareable handles other than torch's plain cudaMalloc kind, with the reason."""
+    if len(handle) < 2 or handle[0] != HANDLE_VERSION:
+        raise CudaIpcRefused("CUDA IPC handle of an unknown format (a different torch "
+                             "version on the client?)")
+    if handle[1] == HANDLE_EXPANDABLE:
+        raise CudaIpcRefused("the client's tensor lives in expandable segments (CUDA VMM), "
+                             "which cannot be imported by CUDA IPC here; the client must set "
+                             "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False for tensors "
+                             "it sends, or send them through shared memory")
+    if handle[1] != HANDLE_CUDA_MALLOC or len(handle) != 2 + CUDA_IPC_HANDLE_SIZE:
+        raise CudaIpcRefused("CUDA IPC handle of an unsupported kind")
+
+
+@dataclass(frozen=True)
+class IpcDescriptor:
+    """A torch CUDA tensor shared by IPC; ``to_wire``/``from_wire`` give the msgpack map."""
+
+    device: int  # the producer's device index (informative: the UUID decides)
+    uuid: str  # the GPU's UUID: the server opens it on its device with the same UUID
+    handle: bytes  # torch's shareable handle of the allocation (66 bytes, kind 'c')
+    storage_offset: int  # bytes: where the storage starts inside the allocation
+    storage_size: int  # bytes of the storage
+    offset: int  # elements: where the tensor starts inside the storage
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # elements
+    ref_counter: str  # torch's producer ref-counter file ("/torch_<pid>_<n>_<n>")
+    ref_offset: int  # int64 slot in that file
+    event: bytes  # cudaIpcEventHandle to wait on before reading; b"" for none
+    pid: int  # the producer's pid
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": IPC_VERSION, "dev": self.device, "uuid": self.uuid, "h": self.handle,
+            "so": self.storage_offset, "ss": self.storage_size, "off": self.offset,
+            "dt": self.dtype, "sh": list(self.shape), "st": list(self.strides),
+            "rc": self.ref_counter, "ro": self.ref_offset, "ev": self.event or None,
+            "pid": self.pid,
+        }  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, d: Any, *, max_bytes: int = 1 << 40) -> IpcDescriptor:
+        """Validate a received map; CudaIpcRefused names the first problem."""
+        if not isinstance(d, dict):
+            raise CudaIpcRefused("CUDA IPC descriptor must be a map")
+        if d.get("v") != IPC_VERSION:
+            raise CudaIpcRefused(f"CUDA IPC descriptor version {d.get('v')!r} is not "
+                                 f"{IPC_VERSION}")
+        uuid = d.get("uuid")
+        if not isinstance(uuid, str) or not _UUID.match(uuid):
+            raise CudaIpcRefused("CUDA IPC descriptor: 'uuid' must name a GPU")
+        handle = _bytes(d, "h", 2, 4096)
+        check_handle(handle)
+        dtype = d.get("dt")
+        if dtype not in ITEMSIZE:
+            raise CudaIpcRefused(f"CUDA IPC descriptor: unsupported dtype {dtype!r}")
+        shape, strides = _ints(d, "sh", 0), _ints(d, "st", 0)
+        if len(shape) != len(strides):
+            raise CudaIpcRefused("CUDA IPC descriptor: shape and strides differ in length")
+        rc = d.get("rc")
+        if not isinstance(rc, str):
+            raise CudaIpcRefused("CUDA IPC descriptor: 'rc' must be torch's ref-counter name")
+        event = _bytes(d, "ev", CUDA_IPC_HANDLE_SIZE, CUDA_IPC_HANDLE_SIZE, optional=True)
+        desc = cls(
+            device=_int(d, "dev", 0, MAX_DEVICES - 1), uuid=uuid, handle=handle,
+            storage_offset=_int(d, "so", 0, 1 << 62), storage_size=_int(d, "ss", 0, max_bytes),
+            offset=_int(d, "off", 0, 1 << 62), dtype=dtype, shape=shape, strides=strides,
+            ref_counter=rc, ref_offset=_int(d, "ro", 0, REF_COUNTER_SLOTS - 1), event=event,
+            pid=_int(d, "pid", 1, (1 << 31) - 1),
+        )  # fmt: skip
+        desc._check_extent()
+        desc._check_ref_counter_name()
+        return desc
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * ITEMSIZE[self.dtype]
+
+    def _check_extent(self) -> None:
+        """The tensor's last element must lie inside the storage the client shared."""
+        if any(s == 0 for s in self.shape):
+            return
+        last = self.offset + sum((n - 1) * st for n, st in zip(self.shape, self.strides,
+                                                                strict=True))
+        if (last + 1) * ITEMSIZE[self.dtype] > self.storage_size:
+            raise CudaIpcRefused("CUDA IPC descriptor: the tensor reaches past its storage")
+
+    def _check_ref_counter_name(self) -> None:
+        m = _REF_COUNTER_NAME.match(self.ref_counter)
+        if m is None or int(m.group(1)) != self.pid:
+            raise CudaIpcRefused("CUDA IPC descriptor: 'rc' is not the producer's torch "
+                                 "ref-counter")
+
+
+def check_ref_counter_file(desc: IpcDescriptor, *, shm_dir: str = SHM_DIR,
+                           expected_pid: int | None = None) -> None:
+    """The file torch's deleter will write into must be the producer's counter file.
+
+    It must exist as a regular file (not a link) of torch's size, owned by this user; with
+    ``expected_pid`` (the session's client pid) the producer pid must match it.
+    """
+    if expected_pid is not None and desc.pid != expected_pid:
+        raise CudaIpcRefused("CUDA IPC descriptor comes from another process than this "
+                             "session's client")
+    path = os.path.join(shm_dir, desc.ref_counter.lstrip("/"))
+    try:
+        st = os.lstat(path)
+    except OSError:
+        raise CudaIpcRefused("CUDA IPC: the producer's ref-counter file does not exist "
+                             "(is the client on this host?)") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise CudaIpcRefused("CUDA IPC: the producer's ref-counter file is not a regular "
+                             "file owned by this user")
+    if st.st_size != 8 * REF_COUNTER_SLOTS:
+        raise CudaIpcRefused("CUDA IPC: the producer's ref-counter file has the wrong size")
+
+
+# -------------------------------------------------------------------- export / import
+
+
+def _uuid_of(index: int) -> str:
+    import torch
+
+    return str(torch.cuda.get_device_properties(index).uuid)
+
+
+def local_device_for(uuid: str, *, uuids: list[str] | None = None) -> int:
+    """This process's device index for a GPU UUID; CudaIpcRefused when it is not visible."""
+    if uuids is None:
+        import torch
+
+        uuids = [_uuid_of(i) for i in range(torch.cuda.device_count())]
+    for i, u in enumerate(uuids):
+        if u == uuid:
+            return i
+    raise CudaIpcRefused("CUDA IPC: the client's GPU is not visible to this server (CUDA IPC "
+                         "works only between processes on the same GPU and host)")
+
+
+def export_ipc(tensor: Any) -> IpcDescriptor:
+    """The descriptor of a torch CUDA tensor (the client side). Refuses what cannot travel.
+
+    The caller keeps ``tensor`` alive (and unmodified) until the server released it; torch's
+    producer bookkeeping additionally keeps the memory out of reuse until the consumer drops
+    it (``torch.cuda.ipc_collect()`` frees it afterwards).
+    """
+    import torch
+
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+        raise CudaIpcRefused("only torch CUDA tensors can be sent by CUDA IPC")
+    if tensor.layout != torch.strided or tensor.is_nested:
+        raise CudaIpcRefused("only dense (strided) tensors can be sent by CUDA IPC")
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype not in ITEMSIZE:
+        raise CudaIpcRefused(f"dtype {dtype} cannot be sent by CUDA IPC")
+    reason = allocator_refusal()
+    if reason is not None:
+        raise CudaIpcRefused(reason)
+    storage = tensor.untyped_storage()
+    (device, handle, size, offset, ref_counter, ref_offset, event, event_required) = (
+        storage._share_cuda_()
+    )
+    if handle is None:
+        raise CudaIpcRefused("an empty CUDA tensor has no memory to share")
+    check_handle(bytes(handle))
+    return IpcDescriptor(
+        device=int(device), uuid=_uuid_of(int(device)), handle=bytes(handle),
+        storage_offset=int(offset), storage_size=int(size), offset=int(tensor.storage_offset()),
+        dtype=dtype, shape=tuple(tensor.shape), strides=tuple(tensor.stride()),
+        ref_counter=bytes(ref_counter).decode(), ref_offset=int(ref_offset),
+        event=bytes(event) if event_required else b"", pid=os.getpid(),
+    )  # fmt: skip
+
+
+def open_ipc(desc: IpcDescriptor, *, expected_pid: int | None = None,
+             shm_dir: str = SHM_DIR, stream: Any = None) -> Any:
+    """Open a validated descriptor as a torch tensor on this server's device (the server side).
+
+    Waits (on ``stream``, else the current stream) for the producer's event when it sent
+    one. The tensor aliases the client's memory: drop it (or let its lease expire) promptly.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CudaIpcRefused("CUDA IPC: this server has no CUDA device")
+    check_ref_counter_file(desc, shm_dir=shm_dir, expected_pid=expected_pid)
+    index = local_device_for(desc.uuid)
+    ctx = torch.cuda.stream(stream) if stream is not None else torch.cuda.device(index)
+    with torch.cuda.device(index), ctx:
+        storage = torch.UntypedStorage._new_shared_cuda(
+            index, desc.handle, desc.storage_size, desc.storage_offset,
+            desc.ref_counter.encode(), desc.ref_offset,
+            desc.event or bytes(CUDA_IPC_HANDLE_SIZE), bool(desc.event),
+        )  # fmt: skip
+        _check_allocation(storage.data_ptr(), desc.storage_size)
+        dtype = getattr(torch, desc.dtype)
+        out = torch.empty(0, dtype=dtype, device=f"cuda:{index}")
+        out.set_(storage, desc.offset, desc.shape, desc.strides)
+    return out
+
+
+def _check_allocation(ptr: int, nbytes: int, *, range_of: Callable[[int], Any] | None = None
+                      ) -> None:
+    """The storage the client claims must lie inside the allocation its handle maps.
+
+    A storage reaching past the allocation would make a kernel fault and take this
+    server's CUDA context (every client's work) down with it. ``range_of(ptr)`` gives
+    (allocation base, size) or None when ptr is not mapped (default: the driver's
+    cuMemGetAddressRange); when the driver cannot be asked, the check is skipped with a log.
+    """
+    if nbytes == 0:
+        return
+    found = (range_of or _driver_address_range)(ptr)
+    if found is NotImplemented:
+        return
+    if found is None:
+        raise CudaIpcRefused("CUDA IPC: the storage offset lies outside the shared allocation")
+    base, size = found
+    if ptr + nbytes > base + size:
+        raise CudaIpcRefused("CUDA IPC: the storage reaches past the shared allocation")
+
+
+_libcuda: Any = None
+
+
+def _driver_address_range(ptr: int) -> Any:
+    global _libcuda
+    import ctypes
+
+    if _libcuda is None:
+        try:
+            _libcuda = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            _libcuda = False
+            log.warning("libcuda not loadable: CUDA IPC storage bounds are not checked")
+    if _libcuda is False:
+        return NotImplemented
+    base, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+    fn = _libcuda.cuMemGetAddressRange_v2
+    fn.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t),
+                   ctypes.c_uint64]
+    if fn(ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(ptr)) != 0:
+        return None
+    return int(base.value), int(size.value)
+
+
+# -------------------------------------------------------------------- leases
+
+
+@dataclass
+class _Lease:
+    value: Any
+    expires: float
+    ttl: float
+
+
+class LeaseTable:
+    """Objects kept alive for a TTL, renewed on use; dropping any runs ``collect``.
+
+    Used on the exporting side for result tensors a client maps (released by the client or
+    on expiry) and on the importing side for opened IPC storages (opening a handle costs far
+    more than a lookup). ``collect`` defaults to ``torch.cuda.ipc_collect`` when CUDA is
+    available. Not thread-safe by itself beyond its own lock; callers own the objects' use.
+    """
+
+    def __init__(self, ttl: float = 30.0, *, max_leases: int = 1024,
+                 clock: Callable[[], float] = time.monotonic,
+                 collect: Callable[[], None] | None = None) -> None:
+        if ttl <= 0:
+            raise ValueError("a lease TTL must be positive")
+        self.ttl, self.max_leases, self._clock = ttl, max_leases, clock
+        self._collect = collect
+        self._leases: dict[Any, _Lease] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        ttl = self.ttl if ttl is None else ttl
+        if ttl <= 0:
+            raise ValueError("a lease TTL must be positive")
+        with self._lock:
+            if key not in self._leases and len(self._leases) >= self.max_leases:
+                raise CudaIpcRefused(f"too many CUDA IPC leases (at most {self.max_leases}); "
+                                     "release some first")
+            self._leases[key] = _Lease(value, self._clock() + ttl, ttl)
+
+    def get(self, key: Any) -> Any:
+        """The leased value (its lease renewed), or None when absent or expired."""
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return None
+            now = self._clock()
+            if lease.expires <= now:
+                del self._leases[key]
+                dropped = True
+            else:
+                lease.expires = now + lease.ttl
+                return lease.value
+        if dropped:
+            self._run_collect()
+        return None
+
+    def release(self, key: Any) -> bool:
+        with self._lock:
+            found = self._leases.pop(key, None) is not None
+        if found:
+            self._run_collect()
+        return found
+
+    def reap(self) -> int:
+        """Drop expired leases; returns how many went."""
+        now = self._clock()
+        with self._lock:
+            dead = [k for k, lease in self._leases.items() if lease.expires <= now]
+            for k in dead:
+                del self._leases[k]
+        if dead:
+            self._run_collect()
+        return len(dead)
+
+    def clear(self) -> None:
+        with self._lock:
+            had = bool(self._leases)
+            self._leases.clear()
+        if had:
+            self._run_collect()
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._leases
+
+    def keys(self) -> Iterator[Any]:
+        return iter(list(self._leases))
+
+    def _run_collect(self) -> None:
+        if self._collect is not None:
+            self._collect()
+        elif cuda_available():
+            import torch
+
+            torch.cuda.ipc_collect()
+
+
+class IpcImports:
+    """The server's opened IPC tensors, cached per (handle, storage offset) under leases.
+
+    ``open(wire_map)`` validates, then returns a tensor view on the cached storage or opens
+    it. ``expected_pid`` is the session client's pid (same-host sessions know it).
+    """
+
+    def __init__(self, *, ttl: float = 30.0, expected_pid: int | None = None,
+                 max_bytes: int = 1 << 40, shm_dir: str = SHM_DIR,
+                 opener: Callable[..., Any] = open_ipc,
+                 leases: LeaseTable | None = None) -> None:
+        self.expected_pid, self.max_bytes, self.shm_dir = expected_pid, max_bytes, shm_dir
+        self._open = opener
+        self.leases = leases or LeaseTable(ttl)
+
+    def open(self, wire: Any, *, stream: Any = None) -> Any:
+        desc = IpcDescriptor.from_wire(wire, max_bytes=self.max_bytes)
+        key = (desc.handle, desc.storage_offset, desc.storage_size)
+        base = self.leases.get(key)
+        if base is None:
+            base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
+                              stream=stream)
+            self.leases.add(key, base)
+            return base
+        # Already open: the producer's new ref-counter slot is released at once (as torch's
+        # own rebuild does on a cache hit), and its event is waited for, when it sent one.
+        check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
+        self._on_hit(desc, base, stream)
+        return _view_like(base, desc)
+
+    def _on_hit(self, desc: IpcDescriptor, base: Any, stream: Any) -> None:
+        import torch
+
+        torch.UntypedStorage._release_ipc_counter(desc.ref_counter.encode(), desc.ref_offset,
+                                                  device=base.device)
+        if desc.event:
+            event = torch.cuda.Event.from_ipc_handle(base.device, desc.event)
+            (stream or torch.cuda.current_stream(base.device)).wait_event(event)
+
+    def close(self) -> None:
+        self.leases.clear()
+
+
+def _view_like(base: Any, desc: IpcDescriptor) -> Any:
+    """Another tensor on an already-opened storage (same handle and storage offset)."""
+    import torch
+
+    out = torch.empty(0, dtype=getattr(torch, desc.dtype), device=base.device)
+    return out.set_(base.untyped_storage(), desc.offset, desc.shape, desc.strides)
