@@ -270,7 +270,7 @@ def test_copy_true_results_own_their_memory(server: ServerProcess) -> None:
         a = gpu.asarray(rng.standard_normal(N_256K).astype(np.float32))
         expected = a.copy()
         r = gpu.call("identity", a)
-        assert paths(gpu) == (["shm(zero-copy)"], ["shm(alias)"])  # the path it took
+        assert paths(gpu) == (["shm(zero-copy)"], ["shm(alias)+copied out"])  # how it came
         assert not np.shares_memory(r, a)
         assert r.flags.owndata and r.base is None
         a[...] = 0
@@ -280,7 +280,7 @@ def test_copy_true_results_own_their_memory(server: ServerProcess) -> None:
         for _ in range(20):
             x = rng.standard_normal(N_256K).astype(np.float32)
             held.append((gpu.call("add", x, x), 2 * x))
-            assert paths(gpu)[1] == ["shm"]
+            assert paths(gpu)[1] == ["shm+copied out"]
         for result, want in held:
             assert result.flags.owndata
             np.testing.assert_array_equal(result, want)
@@ -694,8 +694,8 @@ def test_error_messages_never_reveal_segment_names(tmp_path: Path, shm_dir: Path
                 finally:
                     del channel.placer
             session, gpu._session = gpu._session, "0" * 32
-            try:
-                expect_error(lambda: gpu.call("identity", a))
+            try:  # _request_once: without the client's reconnect-on-expiry, to see the error
+                expect_error(lambda: gpu._request_once("call", "identity", (a,), {}, None, None))
             finally:
                 gpu._session = session
             # After all that, the session still works.
