@@ -574,7 +574,7 @@ class Client:
         poller.register(self._wake, zmq.POLLIN)
         while not self._stopping:
             deadline = self._pending.next_deadline()
-            wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+            wait_ms = None if deadline is None else int(max(deadline - time.monotonic(), 0) * 1000)
             events = dict(poller.poll(wait_ms))
             if self._wake in events:
                 os.eventfd_read(self._wake)

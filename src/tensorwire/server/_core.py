@@ -166,7 +166,7 @@ class ServerCore:
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(DRAIN_BATCH):
             # Checking EVENTS is ~1 us; a NOBLOCK recv that fails raises zmq.Again (~10 us).
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             ident, *frames = sock.recv_multipart(copy=False)
             self._enqueue(_Incoming(sock, ident, frames, time.perf_counter()))
@@ -194,7 +194,7 @@ class ServerCore:
             del self._inflight[key]
 
     def _drain_pipe(self, session: Session) -> None:
-        pipe = session.channel.pipe
+        pipe = session.channel.pipe if session.channel is not None else None
         if pipe is None:
             return
         try:
@@ -288,7 +288,8 @@ class ServerCore:
 
     def _reply_pipe(self, item: _Incoming, frames: list[Any]) -> None:
         session = item.session
-        pipe = session.channel.pipe if session is not None else None
+        channel = session.channel if session is not None else None
+        pipe = channel.pipe if channel is not None else None
         if session is None or pipe is None:
             return  # the session ended while the request waited: its client is gone
         try:
