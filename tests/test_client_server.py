@@ -183,3 +183,10 @@ def test_version_mismatch_names_both_versions(tmp_path):
         thread.join()
         router.close()
         ctx.term()
+
+
+def test_ipc_socket_is_private(tmp_path):
+    sock_dir = tmp_path / "private"
+    with tw.Server(listen=[f"ipc://{sock_dir / 'tw.sock'}"], backend="numpy"):
+        assert (sock_dir / "tw.sock").stat().st_mode & 0o777 == 0o600
+        assert sock_dir.stat().st_mode & 0o777 == 0o700  # created for it

@@ -12,6 +12,14 @@ from ..errors import TransportError
 from ._base import Transport, register_transport
 
 HWM = 1000  # messages queued per peer before ROUTER_MANDATORY reports EAGAIN
+# ZMTP heartbeats both ways: a peer silent this long has its connection dropped.
+HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 2_000, 10_000
+
+
+def _heartbeats(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
 def server_socket(ctx: zmq.Context[zmq.Socket[bytes]], max_message_bytes: int) -> zmq.Socket[bytes]:
@@ -23,6 +31,7 @@ def server_socket(ctx: zmq.Context[zmq.Socket[bytes]], max_message_bytes: int) -
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    _heartbeats(sock)
     return sock
 
 
@@ -31,6 +40,7 @@ def client_socket(ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
+    _heartbeats(sock)
     return sock
 
 
@@ -50,6 +60,7 @@ class IpcTransport(Transport):
             sock.bind(url)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot listen on {url}: {exc}") from None
+        os.chmod(path, 0o600)  # connecting needs write access: only this user may
         return url
 
     def connect(self, sock: zmq.Socket[bytes], url: str) -> None:
