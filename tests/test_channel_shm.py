@@ -452,3 +452,16 @@ def test_doorbell_counts_rings_and_refuses_bad_names(tmp_path: Path) -> None:
         Doorbell.attach("tensorwire-bell-abcdefgh", directory=str(tmp_path))
     with pytest.raises(ChannelError, match="closed"):
         server.wait(0)
+
+
+@pytest.mark.parametrize("shape", [(10,), (3 << 20,), (1024, 1025), (0,)])
+def test_copy_into_matches_copyto(shape: tuple[int, ...]) -> None:
+    from tensorwire.channel import copy_into
+
+    src = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    dst = np.zeros_like(src)
+    copy_into(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    strided = np.zeros((shape[0] * 2,) + shape[1:], np.float32)[::2]  # not contiguous
+    copy_into(strided, src)
+    np.testing.assert_array_equal(strided, src)

@@ -167,6 +167,23 @@ def test_state_can_be_read_while_the_core_thread_changes_it(sessions):
     assert not failures, failures
 
 
+def test_top_rates_and_latencies_come_from_successive_snapshots(sessions):
+    from tensorwire.cli._top import plain, view
+
+    metrics = Metrics()
+    _observe(metrics, "-", stages=(0.5, 0.5, 0.5, 0.5))  # slow, and before the interval
+    first = server_state(metrics, sessions)
+    for _ in range(10):
+        _observe(metrics, "-")  # compute 2 ms each
+    second = server_state(metrics, sessions)
+    second["uptime"] = first["uptime"] + 2.0
+    text = plain(view(second, first))
+    assert "5.0 req/s |" in text
+    compute = next(line for line in text.splitlines() if line.startswith("compute"))
+    assert compute.split()[1:] == ["10", "2.00", "ms", "2.98", "ms", "2.00", "ms"]
+    assert "(average)" in plain(view(second, None))
+
+
 # -- a real server -----------------------------------------------------------------------
 
 
@@ -213,8 +230,9 @@ def test_scrape_of_a_real_server_counts_what_was_sent(served):
             assert _value(samples, "tensorwire_stage_seconds_count", stage=stage) >= 9
         assert _value(samples, "tensorwire_stage_seconds_sum", stage="compute") > 0
         del kept
-    with pytest.raises(urllib.error.HTTPError, match="404"):
+    with pytest.raises(urllib.error.HTTPError, match="404") as missing:
         urllib.request.urlopen(url.replace("/metrics", "/secrets"), timeout=10)
+    missing.value.close()
 
 
 def test_stats_request_names_clients_by_short_id(served):

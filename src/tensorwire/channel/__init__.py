@@ -26,7 +26,7 @@ from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
 from ._pipe import MessagePipe, pack_message, small_message
-from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY
+from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY, copy_into
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
 from ._server_side import ServerChannel
 
@@ -46,6 +46,7 @@ __all__ = [
     "SegmentRefused",
     "ServerChannel",
     "ShmFullError",
+    "copy_into",
     "host_token",
     "pack_message",
     "pid_alive",

@@ -32,6 +32,7 @@ from ._regions import (
     SHM_ZERO_COPY,
     Region,
     array_in,
+    copy_into,
     parse_descriptor,
 )
 from ._segment import DEFAULT_DIRECTORY, Segment
@@ -101,7 +102,7 @@ class ClientChannel:
             if offset is None:
                 return None, FRAME_ARENA_FULL
             block = self._new_block(C2S, offset, arr.nbytes)
-            np.copyto(array_in(block, arr), arr)
+            copy_into(array_in(block, arr), arr)
             keep.append(block)
             return [C2S, offset, arr.nbytes, False], SHM_COPY
 

@@ -129,7 +129,7 @@ def _buffer_view(buffer: Any) -> np.ndarray:
 def _cudart() -> Any:
     import torch
 
-    return torch.cuda.cudart()
+    return torch.cuda.cudart()  # type: ignore[no-untyped-call]
 
 
 def register_host(buffer: Any, *, runtime: Any = None) -> HostRegistration:
@@ -261,7 +261,7 @@ def _bytes(d: dict[str, Any], key: str, lo: int, hi: int, *, optional: bool = Fa
 
 def _ints(d: dict[str, Any], key: str, lo: int) -> tuple[int, ...]:
     v = d.get(key)
-    if type(v) not in (list, tuple) or len(v) > MAX_DIMS:
+    if not isinstance(v, list | tuple) or len(v) > MAX_DIMS:
         raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must be a list of at most "
                              f"{MAX_DIMS} ints")
     if any(type(x) is not int or x < lo or x > 1 << 62 for x in v):
@@ -617,7 +617,7 @@ class LeaseTable:
         elif cuda_available():
             import torch
 
-            torch.cuda.ipc_collect()
+            torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
 
 
 class IpcImports:
@@ -634,33 +634,56 @@ class IpcImports:
         self.expected_pid, self.max_bytes, self.shm_dir = expected_pid, max_bytes, shm_dir
         self._open = opener
         self.leases = leases or LeaseTable(ttl)
+        self._events: dict[bytes, Any] = {}  # opened IPC events, by handle
 
     def open(self, wire: Any, *, stream: Any = None) -> Any:
         desc = IpcDescriptor.from_wire(wire, max_bytes=self.max_bytes)
         key = (desc.handle, desc.storage_offset, desc.storage_size)
-        base = self.leases.get(key)
-        if base is None:
+        slot = (desc.ref_counter, desc.ref_offset)
+        entry = self.leases.get(key)
+        if entry is None:
             base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
                               stream=stream)
-            self.leases.add(key, base)
+            self.leases.add(key, _Import(base, {slot}))  # the storage's deleter frees slot
             return base
-        # Already open: the producer's new ref-counter slot is released at once (as torch's
-        # own rebuild does on a cache hit), and its event is waited for, when it sent one.
+        # Already open. A fresh export of the same memory took a new ref-counter slot in the
+        # producer: release it at once (torch's own rebuild does the same on a cache hit).
+        # The same descriptor again holds no new slot. Wait for its event, if it sent one.
         check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
-        self._on_hit(desc, base, stream)
-        return _view_like(base, desc)
+        if slot not in entry.slots:
+            entry.slots.add(slot)
+            self._release_slot(desc, entry.base)
+        if desc.event:
+            self._wait_event(desc.event, entry.base, stream)
+        return _view_like(entry.base, desc)
 
-    def _on_hit(self, desc: IpcDescriptor, base: Any, stream: Any) -> None:
+    def _release_slot(self, desc: IpcDescriptor, base: Any) -> None:
         import torch
 
-        torch.UntypedStorage._release_ipc_counter(desc.ref_counter.encode(), desc.ref_offset,
-                                                  device=base.device)
-        if desc.event:
-            event = torch.cuda.Event.from_ipc_handle(base.device, desc.event)
-            (stream or torch.cuda.current_stream(base.device)).wait_event(event)
+        torch.UntypedStorage._release_ipc_counter(  # type: ignore[no-untyped-call]
+            desc.ref_counter.encode(), desc.ref_offset, device=base.device)
+
+    def _wait_event(self, handle: bytes, base: Any, stream: Any) -> None:
+        import torch
+
+        event = self._events.get(handle)
+        if event is None:
+            if len(self._events) >= 256:
+                self._events.clear()
+            event = torch.cuda.Event.from_ipc_handle(  # type: ignore[no-untyped-call]
+                base.device, handle)
+            self._events[handle] = event
+        (stream or torch.cuda.current_stream(base.device)).wait_event(event)
 
     def close(self) -> None:
+        self._events.clear()
         self.leases.clear()
+
+
+@dataclass
+class _Import:
+    base: Any  # the tensor first opened on the storage
+    slots: set[tuple[str, int]]  # producer ref-counter slots accounted for
 
 
 def _view_like(base: Any, desc: IpcDescriptor) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,32 @@ SHM_ZERO_COPY = "shm(zero-copy)"  # already lived in the arena: no copy
 SHM_ALIAS = "shm(alias)"  # a result sharing memory with an arena argument
 FRAME_ARENA_FULL = "frame(arena full)"
 FRAME_SMALL = "frame"
+
+
+PARALLEL_COPY_MIN = 2 << 20  # bytes; below this a second thread costs more than it saves
+_helper: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """np.copyto, split over two threads for large contiguous arrays (2-3x faster here:
+    one core does not saturate memory bandwidth, and the peer process is waiting)."""
+    if src.nbytes < PARALLEL_COPY_MIN or not (
+        dst.flags.c_contiguous and src.flags.c_contiguous and dst.dtype == src.dtype
+    ):
+        np.copyto(dst, src)
+        return
+    d, s = dst.reshape(-1), src.reshape(-1)
+    half = d.size // 2
+    done = _copy_helper().submit(np.copyto, d[half:], s[half:])
+    np.copyto(d[:half], s[:half])
+    done.result()
+
+
+def _copy_helper() -> ThreadPoolExecutor:
+    global _helper
+    if _helper is None or _helper[0] != os.getpid():  # threads do not survive fork
+        _helper = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="tensorwire-copy"))
+    return _helper[1]
 
 
 def address_of(arr: np.ndarray) -> int:

@@ -26,6 +26,7 @@ from ._regions import (
     SHM_COPY,
     Region,
     array_in,
+    copy_into,
     parse_descriptor,
 )
 from ._segment import DEFAULT_DIRECTORY
@@ -89,7 +90,7 @@ class ServerChannel:
         if offset is None:
             return None, FRAME_ARENA_FULL
         dst = array_in(self.s2c.segment.buf[offset : offset + arr.nbytes], arr)
-        np.copyto(dst, arr)
+        copy_into(dst, arr)
         return [S2C, offset, arr.nbytes, True], SHM_COPY
 
     def release(self, offsets: Any) -> None:

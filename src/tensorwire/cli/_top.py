@@ -103,14 +103,14 @@ def view(state: dict[str, Any], previous: dict[str, Any] | None) -> list[Table]:
         f"out {_bytes(_rate(state['bytes_out'], before['bytes_out'], dt))}/s | "
         f"errors {sum(state['errors'].values())}"
     )
-    return [("", [summary], []), _clients(state, before, dt), _stages(state)]
+    return [("", [summary], []), _clients(state, before, dt), _stages(state, previous)]
 
 
 def _clients(state: dict[str, Any], before: dict[str, Any], dt: float) -> Table:
     rows = []
     for s in sorted(state["sessions"], key=lambda s: -s["requests"]):
         name = s["client"] + (" (this top)" if s["client"] == state.get("you") else "")
-        where = "local+shm" if s["shm"] else "local" if s["local"] else "remote"
+        where = "shm" if s["shm"] else "local" if s["local"] else "remote"
         rate = _rate(s["requests"], before["per_client"].get(s["client"], 0), dt)
         rows.append(
             [
@@ -128,16 +128,21 @@ def _clients(state: dict[str, Any], before: dict[str, Any], dt: float) -> Table:
     return "clients", headers, rows
 
 
-def _stages(state: dict[str, Any]) -> Table:
+def _stages(state: dict[str, Any], previous: dict[str, Any] | None) -> Table:
+    """Latencies over the last interval (live), or since the server started (--once)."""
+    from ..server._exposition import quantile
+
     rows = []
     for name, h in state["stages"].items():
-        mean = h["sum"] / h["count"] if h["count"] else None
-        rows.append([name, str(h["count"]), _seconds(h["p50"]), _seconds(h["p99"]), _seconds(mean)])
-    return (
-        "server stages (p50/p99 estimated from histogram buckets)",
-        ["stage", "count", "p50", "p99", "mean"],
-        rows,
-    )
+        old = previous["stages"][name] if previous else {"buckets": [0] * len(h["buckets"])}
+        counts = [now - then for now, then in zip(h["buckets"], old["buckets"], strict=True)]
+        n, total = sum(counts), h["sum"] - old.get("sum", 0.0)
+        p50, p99 = (quantile(counts, q, state["buckets"]) for q in (0.5, 0.99))
+        mean = total / n if n else None
+        rows.append([name, str(n), _seconds(p50), _seconds(p99), _seconds(mean)])
+    span = "last interval" if previous else "since start"
+    title = f"server stages, {span} (p50/p99 estimated from histogram buckets)"
+    return title, ["stage", "requests", "p50", "p99", "mean"], rows
 
 
 def _rate(now: float, before: float, dt: float) -> float:
@@ -187,15 +192,16 @@ def plain(tables: list[Table]) -> str:
 def _rich(tables: list[Table]) -> Any:
     from rich.console import Group
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     parts: list[Any] = []
     for title, headers, rows in tables:
         if not title:
-            parts.extend(headers)
+            parts.extend(Text(line) for line in headers)  # no number highlighting
             continue
         table = RichTable(title=title, title_justify="left")
         for i, header in enumerate(headers):
-            table.add_column(header, justify="left" if i == 0 else "right")
+            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
         for row in rows:
             table.add_row(*row)
         parts.append(table)

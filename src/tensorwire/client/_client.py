@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from ..channel import ChannelError, ClientChannel, host_token, small_message
+from ..channel import ChannelError, ClientChannel, copy_into, host_token, small_message
 from ..codec import (
     HandleRef,
     choose,
@@ -219,7 +219,7 @@ class Client:
         """A copy of `x` in the shared-memory arena (see `empty`)."""
         src = to_numpy(x) if not isinstance(x, np.ndarray) else x
         out = self.empty(src.shape, src.dtype)
-        np.copyto(out, src)
+        copy_into(out, src)
         return out
 
     def put(self, x: Any, *, cache: bool = False) -> RemoteTensor:
@@ -619,7 +619,9 @@ def _kind_of(args: tuple[Any, ...]) -> str | None:
 def _copied(value: Any) -> Any:
     """The result tree with every array copied out of the arena (Client(copy=True))."""
     if isinstance(value, np.ndarray):
-        return value.copy()
+        out = np.empty_like(value, order="C")
+        copy_into(out, value)
+        return out
     if isinstance(value, list):
         return [_copied(v) for v in value]
     if isinstance(value, dict):

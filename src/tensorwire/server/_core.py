@@ -99,6 +99,8 @@ class ServerCore:
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
         self.metrics = Metrics()
+        self.handler.metrics = self.metrics  # the "stats" request reads it
+        self.sessions.on_end = self.metrics.forget_client
         self._stop = threading.Event()
 
     def bind(self) -> list[str]:
@@ -215,6 +217,7 @@ class ServerCore:
             frames = self._failure(item, exc, obs)
         self._reply(item, frames)
         obs.bytes_in += sum(memoryview(f).nbytes for f in item.frames[:1])
+        obs.bytes_out += sum(memoryview(f).nbytes for f in frames[:1])  # the header, as for in
         self.metrics.observe(obs)
 
     def _execute(self, item: _Incoming, started: float, obs: Observation) -> list[Any]:
@@ -342,7 +345,10 @@ def _scheme(item: _Incoming) -> str:
 
 def _connection(item: _Incoming) -> Any:
     """Who a queued request came from: its zmq routing id, or its session's pipe."""
-    return item.session.sid if item.sock is None and item.session is not None else item.ident
+    if item.sock is None and item.session is not None:
+        return item.session.sid
+    # The routing id by value: zmq.Frame objects hash by identity, one per message.
+    return bytes(item.ident.buffer) if isinstance(item.ident, zmq.Frame) else item.ident
 
 
 def _from_cache(rid: int, cached: Any) -> list[Any]:

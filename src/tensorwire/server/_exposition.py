@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ._metrics import BUCKETS, Metrics
@@ -74,17 +75,17 @@ def _session_row(session: Session, per_client: dict[str, int]) -> dict[str, Any]
     }
 
 
-def quantile(counts: list[int], q: float) -> float | None:
+def quantile(counts: list[int], q: float, bounds: Sequence[float] = BUCKETS) -> float | None:
     """The q-quantile of a histogram (per-bucket counts, +Inf last), interpolated
     linearly inside its bucket as Prometheus' histogram_quantile does; None if empty."""
     rank, seen, lower = q * sum(counts), 0, 0.0
     if rank == 0:
         return None
-    for bound, count in zip(BUCKETS, counts, strict=False):
+    for bound, count in zip(bounds, counts, strict=False):
         if count and seen + count >= rank:
             return lower + (bound - lower) * (rank - seen) / count
         seen, lower = seen + count, bound
-    return BUCKETS[-1]  # in the +Inf bucket: the highest finite bound, as Prometheus says
+    return bounds[-1]  # in the +Inf bucket: the highest finite bound, as Prometheus says
 
 
 # -- Prometheus text format ---------------------------------------------------------------

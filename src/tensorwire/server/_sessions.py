@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
         self._next_reap = 0.0
         self.version = 0  # bumped whenever the set of sessions (and their pipes) changes
+        self.on_end: Callable[[str], None] | None = None  # told each ended session id
         if enabled:
             removed = sweep_stale(directory) + sweep_stale_pipes(directory)
             if removed:
@@ -162,3 +164,5 @@ class Sessions:
             if session.channel is not None:
                 session.channel.close()
             self.version += 1
+            if self.on_end is not None:
+                self.on_end(sid)

@@ -72,7 +72,8 @@ class DeviceTimer:
         self.h2d_pinned = self.h2d_pageable = 0  # bytes this request, by source kind
 
     def event(self) -> Any:
-        ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
+        ev = self._free.pop() if self._free else torch.cuda.Event(  # type: ignore[no-untyped-call]
+            enable_timing=True)
         ev.record(self.stream)
         if self._first is None:
             self._first = ev
@@ -126,7 +127,8 @@ class TorchBackend(Backend):
         self._timer: DeviceTimer | None = None
         self.async_h2d = False  # set by the first take_timings(): the caller fences requests
         if self._cuda:
-            self._stream = torch.cuda.Stream(self._torch_device)
+            self._stream = torch.cuda.Stream(  # type: ignore[no-untyped-call]
+                self._torch_device)
             self._timer = DeviceTimer(self._stream)
 
     @property
@@ -170,7 +172,9 @@ class TorchBackend(Backend):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     src = _host_tensor(arr)
-            pinned = is_registered(arr.ctypes.data, arr.nbytes)
+            # A DMA straight from the arena needs the bytes in one dense run there.
+            dense = arr.flags.c_contiguous or arr.flags.f_contiguous
+            pinned = dense and is_registered(arr.ctypes.data, arr.nbytes)
         nbytes = src.numel() * src.element_size()
         if pinned:
             timer.h2d_pinned += nbytes
