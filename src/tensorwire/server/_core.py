@@ -236,6 +236,7 @@ class ServerCore:
         if request.kind == "hello":
             request.meta["user"] = _user(item)  # the session belongs to this identity
         result, compute = self.handler.handle(request, session, decoded.handles)
+        device = self.handler.backend.take_timings()  # {} on CPU; fences this request's copies
         encoded_at = time.perf_counter()
         channel = session.channel if session is not None else None
         placer = channel.place if channel is not None and request.kind != "hello" else None
@@ -245,7 +246,8 @@ class ServerCore:
             started - item.arrived, deserialized - started, compute, done - encoded_at
         )
         obs.bytes_out = encoded.nbytes
-        reply = {"id": request.rid, "ok": True, "t": obs.stages}
+        stages: list[Any] = [*obs.stages, device] if device else obs.stages
+        reply = {"id": request.rid, "ok": True, "t": stages}
         if request.kind == "graph" and isinstance(result, dict):
             reply["gm"] = result.get("mode")  # how the graph ran: compiled, or eager and why
         if encoded.handles:
@@ -271,6 +273,7 @@ class ServerCore:
         if rid is None:
             rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
         obs.ok, obs.error = False, type(exc).__name__
+        self.handler.backend.take_timings()  # drop a failed request's device timings
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
             self.handler.backend.release_memory()  # caches emptied; the server keeps serving
         log.debug("request %r failed: %r", rid, exc)

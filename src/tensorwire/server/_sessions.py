@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +90,8 @@ class Sessions:
     def _channel(self, want: int) -> tuple[ServerChannel | None, str]:
         size = min(max(want, MIN_ARENA), self.max_arena)
         try:
-            return ServerChannel(size, directory=self.directory), ""
+            pin = self.backend.device.startswith("cuda")  # page-locked arenas for fast H2D
+            return ServerChannel(size, directory=self.directory, pin=pin), ""
         except ChannelError as exc:
             return None, f"cannot create the arena: {exc}"
         except OSError as exc:  # directory gone or unwritable, no fds, mmap refused
