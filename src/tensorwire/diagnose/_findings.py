@@ -12,10 +12,10 @@ ADVICE = {
     "of socket frames; across hosts, a faster link or fewer bytes (bf16 wire)",
     "deserialize": "decode into views of the received buffers instead of rebuilding arrays",
     "queue": "the server is busy: add server capacity or spread clients over servers",
-    "compute": "transfers are no longer the bottleneck; run the ops on a GPU, keep weights "
-    "resident and fuse ops (both not available in tensorwire yet)",
-    "host_to_device": "use pinned host buffers / CUDA IPC (not available yet)",
-    "device_to_host": "use pinned host buffers / CUDA IPC (not available yet)",
+    "compute": "transfers are no longer the bottleneck; run the ops on a GPU "
+    "(serve --device cuda), keep weights resident (gpu.put) and fuse ops (gpu.graph)",
+    "host_to_device": "send inputs from the shared-memory arena (pinned on CUDA servers)",
+    "device_to_host": "keep results on the server (out='remote') until they are needed",
     "other": "client-side work between calls (Python, result wrapping) dominates: batch "
     "calls or submit() several in flight",
 }
