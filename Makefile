@@ -35,5 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/shm.py --json bench-results/shm.json
 	$(BIN)/python benchmarks/peers.py --json bench-results/peers.json
 
+# Fault tests of issue 7 at full size (T1-T8); figures in chaos-results/, see RELIABILITY.md.
+chaos: $(STAMP)
+	$(BIN)/pip install -q atheris || echo "atheris unavailable: T6 runs the mutation loop only"
+	mkdir -p chaos-results
+	PYTHONPATH=tests $(BIN)/python -m chaos --json chaos-results/chaos.json
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -78,7 +78,7 @@ def main() -> int:
             threading.Thread(target=pump, daemon=True,
                              args=(a, b, random.Random(rnd.random()), dies_at, max_delay,
                                    closed)).start()
-        print(f"connections {connections} cuts {CUTS}", flush=True)
+        print(f"connections {connections} cuts {CUTS}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

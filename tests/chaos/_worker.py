@@ -57,6 +57,7 @@ def main() -> int:
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--transport", default="auto")
     p.add_argument("--shm-size", type=int, default=4 << 20)
+    p.add_argument("--connect-timeout", type=float, default=0.0)
     p.add_argument("--until-file")
     p.add_argument("--count-only", action="store_true", help="every request a chaos_count")
     a = p.parse_args()
@@ -64,15 +65,19 @@ def main() -> int:
     with open(a.log, "a", buffering=1) as log:
         gpu, attempts = None, 0
         while gpu is None:
-            attempts += 1  # T2: the server may be down right now
+            attempts += 1  # T2: the server may be down; T4: the hello may be cut
             try:
-                gpu = tw.Client(a.url, timeout=a.timeout, retries=a.retries,
-                                transport=a.transport, shm_size=a.shm_size)
+                # hello is never resent (a resend would open a second session), so a
+                # hello lost to a cut connection costs its whole timeout: keep it short.
+                gpu = tw.Client(a.url, timeout=a.connect_timeout or a.timeout,
+                                retries=a.retries, transport=a.transport,
+                                shm_size=a.shm_size)
+                gpu.timeout = a.timeout
             except tw.TensorwireError as exc:
                 log.write(f"-1 -1 connect:{type(exc).__name__} 0 {time.time():.6f}\n")
-                if not a.until_file and attempts >= 5:
+                if not a.until_file and attempts >= 20:
                     raise
-                if os.path.exists(a.until_file):
+                if a.until_file and os.path.exists(a.until_file):
                     return 0
         try:
             i = a.start
