@@ -18,8 +18,19 @@ from typing import Any
 import tensorwire as tw
 
 from . import _logs
-from ._common import HERE, Server, cleanup, entries, global_segments, kill, mb, private_shm_dir, \
-    reap, scaled, spawn, wait_until  # fmt: skip
+from ._common import (
+    HERE,
+    Server,
+    cleanup,
+    entries,
+    global_segments,
+    kill,
+    mb,
+    private_shm_dir,
+    scaled,
+    spawn,
+    wait_until,
+)
 
 WORKER = str(HERE / "_worker.py")
 RSS_LIMIT = 50e6

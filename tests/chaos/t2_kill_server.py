@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from . import _logs
-from ._common import HERE, Server, cleanup, entries, global_segments, mb, private_shm_dir, \
-    reap, scaled, spawn  # fmt: skip
+from ._common import (
+    HERE,
+    Server,
+    cleanup,
+    entries,
+    global_segments,
+    mb,
+    private_shm_dir,
+    reap,  # fmt: skip
+    scaled,
+    spawn,
+)
 
 WORKER = str(HERE / "_worker.py")
 TIMEOUT = 2.0  # each client's timeout (split over retries+1 attempts)
@@ -78,7 +88,7 @@ def run(scale: float = 1.0, log: Callable[[str], None] = print) -> dict[str, Any
                        if not (o == "ok" or o.startswith(("err:", "connect:")))}
             served_after = 0
             for up, down in epochs:
-                for k, per in enumerate(lines):
+                for per in lines:
                     if any(line.outcome == "ok" and up < line.end <= down for line in per):
                         served_after += 1
             missed = restarts * n_clients - served_after

@@ -26,9 +26,11 @@ def _phase(url: str, logs: list[Path], calls: int, rss: Callable[[], int],
            phase: int) -> tuple[list[float], int, dict[str, int]]:
     for p in logs:
         p.unlink(missing_ok=True)
-    workers = [spawn([sys.executable, WORKER, url, str(p), str((phase * 10 + k) * 10**9), "0", str(calls),
-                      "--timeout", "10", "--transport", ("zmq", "auto")[k % 2]])
-               for k, p in enumerate(logs)]
+    workers = [
+        spawn([sys.executable, WORKER, url, str(p), str((phase * 10 + k) * 10**9), "0",
+               str(calls), "--timeout", "10", "--transport", ("zmq", "auto")[k % 2]])
+        for k, p in enumerate(logs)
+    ]
     peak = 0
     while any(w.poll() is None for w in workers):
         peak = max(peak, rss())

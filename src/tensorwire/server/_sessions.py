@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..channel import DEFAULT_DIRECTORY, ServerChannel, host_token, pid_alive, sweep_stale
-from ..channel._errors import ChannelError
+from ..channel._errors import ChannelError, ShmFullError
 from ..channel._pipe import sweep_stale_pipes
 from ..codec import Resolver
 from ..errors import ProtocolError, SessionExpired
@@ -92,6 +92,12 @@ class Sessions:
         try:
             pin = self.backend.device.startswith("cuda")  # page-locked arenas for fast H2D
             return ServerChannel(size, directory=self.directory, pin=pin), ""
+        except ShmFullError as exc:  # the client hears why, never the directory's path
+            log.warning("cannot create a shared-memory arena: %s", exc)
+            return None, (
+                "cannot create the arena: the shared-memory directory is full "
+                f"(a {exc.size}-byte segment did not fit)"
+            )
         except ChannelError as exc:
             return None, f"cannot create the arena: {exc}"
         except OSError as exc:  # directory gone or unwritable, no fds, mmap refused
