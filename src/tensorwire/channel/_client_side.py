@@ -126,10 +126,14 @@ class ClientChannel:
             out.append(self._released.popleft())
         return out
 
+    def drop_pipe(self) -> None:
+        """Stop using the message pipe (small calls go through ZeroMQ from now on)."""
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            pipe.close()
+
     def close(self) -> None:
-        if self.pipe is not None:
-            self.pipe.close()
-            self.pipe = None
+        self.drop_pipe()
         for region in self.regions:
             region.segment.close()
 

@@ -421,7 +421,7 @@ class Client:
         try:
             pipe.send(message, item.deadline - time.monotonic())
         except ChannelError:
-            channel.pipe = None  # partly written: the stream is unframed; zmq from now on
+            channel.drop_pipe()  # partly written: the stream is unframed; zmq from now on
             return _PIPE_SILENT
         item.sent_at = time.perf_counter()
         item.send = item.sent_at - item.sent_at_start
@@ -429,7 +429,7 @@ class Client:
         lookup = {item.rid: item}.get
         while not item.done:
             if not pipe.wait_readable(until - time.monotonic()):
-                channel.pipe = None  # its late reply would sit unread in the stream
+                channel.drop_pipe()  # the server may be gone (restarted): zmq finds out
                 return _PIPE_SILENT
             pipe.reader.read_available()
             for frames in pipe.reader.messages():
