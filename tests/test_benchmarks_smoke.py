@@ -119,3 +119,30 @@ def test_shm_quick(tmp_path: Path) -> None:
     for t in report["targets"]:
         assert t["status"] in {"PASS", "FAIL", "SKIP"}
         assert t["value"] is None or t["value"] > 0
+
+
+WIRE_TARGETS = 3  # tcp speedup (one per size), seed-workload error bound, shm "auto" not slower
+
+
+@pytest.mark.timeout(60)
+def test_wire_quick(tmp_path: Path) -> None:
+    out = tmp_path / "wire.json"
+    proc = _run("wire.py", "--quick", "--json", str(out))
+    assert "Targets" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "tcp", "seed_workload", "shm", "targets"} <= set(report)
+    tcp = report["tcp"]["1 MB"]
+    for key in ("f32", "bf16", "auto", "bare_full", "bare_half"):
+        _positive_median(tcp["round_trip"][key])
+    assert tcp["speedup_vs_f32"]["f32"] == pytest.approx(1.0)
+    assert "bfloat16" in tcp["paths"]["bf16"] and "bfloat16" not in tcp["paths"]["f32"]
+    assert tcp["dtype_back"] == "float32"
+    sw = report["seed_workload"]
+    assert 0 < sw["measured_max_abs_error"] <= sw["bound_max_abs"]
+    shm = report["shm"]
+    for key in ("none", "auto"):
+        _positive_median(shm["round_trip"][key])
+    if shm["transport_path"] == "shm":  # same host: "auto" never casts over shared memory
+        assert shm["casts"] == {"none": False, "auto": False}
+    assert len(report["targets"]) == WIRE_TARGETS
+    assert {t["status"] for t in report["targets"]} <= {"PASS", "FAIL", "info"}

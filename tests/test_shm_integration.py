@@ -119,7 +119,7 @@ def test_same_host_auto_negotiates_shm(listen: str, tmp_path: Path) -> None:
             assert carrier == ("pipe" if gpu.server_info["shm"].get("pipe") else "zmq")
         x = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", x, x), 2 * x)
-        assert paths(gpu) == (["shm", "shm"], ["shm"])
+        assert paths(gpu) == (["shm", "shm"], ["shm(direct)"])
 
 
 def test_transport_zmq_turns_shm_off(server: ServerProcess) -> None:
@@ -162,7 +162,7 @@ def test_trace_names_each_path(server: ServerProcess) -> None:
 
         plain = np.arange(N_256K, dtype=np.float32)
         np.testing.assert_array_equal(gpu.call("add", plain, plain), 2 * plain)
-        assert paths(gpu) == (["shm", "shm"], ["shm"])
+        assert paths(gpu) == (["shm", "shm"], ["shm(direct)"])
         np.testing.assert_array_equal(gpu.call("identity", plain), plain)
         assert paths(gpu) == (["shm"], ["shm(alias)"])  # aliases the request's arena copy
 
@@ -173,7 +173,7 @@ def test_trace_names_each_path(server: ServerProcess) -> None:
         assert not z.any() and np.array_equal(b, plain.reshape(256, 256))
         total = gpu.call("add", a.reshape(256, 256), b)
         np.testing.assert_array_equal(total, 2 * plain.reshape(256, 256))
-        assert paths(gpu) == (["shm(zero-copy)", "shm(zero-copy)"], ["shm"])
+        assert paths(gpu) == (["shm(zero-copy)", "shm(zero-copy)"], ["shm(direct)"])
         same = gpu.call("identity", a)
         assert paths(gpu) == (["shm(zero-copy)"], ["shm(alias)"])
         assert np.shares_memory(same, a)
@@ -205,7 +205,7 @@ def test_tensor_larger_than_arena_goes_as_frame(server: ServerProcess) -> None:
         # What fits still goes through the arena.
         fits = big[:N_256K]
         np.testing.assert_array_equal(gpu.call("add", fits, fits), 2 * fits)
-        assert paths(gpu) == (["shm", "shm"], ["shm"])
+        assert paths(gpu) == (["shm", "shm"], ["shm(direct)"])
 
 
 def test_reply_too_large_for_arena_is_named_in_trace(server: ServerProcess) -> None:
@@ -238,7 +238,7 @@ def test_held_results_never_change(server: ServerProcess) -> None:
             for j, (result, want) in enumerate(held):
                 assert np.array_equal(result, want), f"held result {j} changed after call {i}"
         # The arena filled up (so blocks would have been reused if the rule were broken).
-        assert {"shm", "shm(alias)"} & set(reply_paths)
+        assert {"shm", "shm(alias)", "shm(direct)"} & set(reply_paths)
         assert "frame(arena full)" in reply_paths  # the server says why it fell back
         # Drop half, keep working: the rest still hold their values.
         del held[::2]
@@ -260,7 +260,7 @@ def test_dropped_results_let_blocks_be_reused(server: ServerProcess) -> None:
             np.testing.assert_array_equal(r, 2 * x if op == "add" else x)
             request, reply = paths(gpu)
             assert all(p == "shm" for p in request), (i, request)
-            assert reply[0] in ("shm", "shm(alias)"), (i, reply)
+            assert reply[0] in ("shm", "shm(alias)", "shm(direct)"), (i, reply)
             del r
 
 
@@ -280,7 +280,7 @@ def test_copy_true_results_own_their_memory(server: ServerProcess) -> None:
         for _ in range(20):
             x = rng.standard_normal(N_256K).astype(np.float32)
             held.append((gpu.call("add", x, x), 2 * x))
-            assert paths(gpu)[1] == ["shm+copied out"]
+            assert paths(gpu)[1] == ["shm(direct)+copied out"]
         for result, want in held:
             assert result.flags.owndata
             np.testing.assert_array_equal(result, want)
@@ -475,7 +475,7 @@ def test_sigkilled_client_is_reaped_and_server_keeps_serving(
                 leftovers(shm_dir)
             x = np.arange(N_256K, dtype=np.float32)
             np.testing.assert_array_equal(other.call("add", x, x), 2 * x)
-            assert paths(other) == (["shm", "shm"], ["shm"])
+            assert paths(other) == (["shm", "shm"], ["shm(direct)"])
         assert leftovers(shm_dir) == []
         with tw.Client(srv.url, require="shm") as late:  # new clients are served too
             np.testing.assert_array_equal(late.call("neg", x), -x)
@@ -630,7 +630,7 @@ def test_full_shm_gives_clear_error(how: str, tmp_path: Path, shm_dir: Path) -> 
         assert out["partial"][0] == "zmq" and "is full" in out["partial"][1]
     assert out["files_after_partial"] == []
     assert out["small_files"] == 2 and out["small_ok"]
-    assert out["small_paths"] == [["shm", "shm"], ["shm"]]
+    assert out["small_paths"] == [["shm", "shm"], ["shm(direct)"]]
     assert out["files_end"] == []
     assert out["server_alive"], out["server_err"]  # no SIGBUS
     assert out["server_rc"] == 0, out["server_err"]

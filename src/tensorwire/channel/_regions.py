@@ -18,6 +18,7 @@ C2S, S2C = 0, 1
 SHM_COPY = "shm"  # copied into the arena on the way in or out
 SHM_ZERO_COPY = "shm(zero-copy)"  # already lived in the arena: no copy
 SHM_ALIAS = "shm(alias)"  # a result sharing memory with an arena argument
+SHM_DIRECT = "shm(direct)"  # a result the kernel wrote straight into the arena
 FRAME_ARENA_FULL = "frame(arena full)"
 FRAME_SMALL = "frame"
 

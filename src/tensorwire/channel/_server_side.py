@@ -8,6 +8,8 @@ the last view of it).
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from ._regions import (
     S2C,
     SHM_ALIAS,
     SHM_COPY,
+    SHM_DIRECT,
     Region,
     array_in,
     copy_into,
@@ -50,6 +53,7 @@ class ServerChannel:
             self.c2s.close()
             raise
         self.regions = (Region(self.c2s.segment), Region(self.s2c.segment))
+        self._fresh: set[int] = set()  # s2c blocks handed to kernels for this reply
         # pin: the backend is on CUDA; page-lock both arenas once, for DMA (no-op without CUDA)
         self.pinned: list[HostRegistration] = (
             [register_host(self.c2s.segment.buf), register_host(self.s2c.segment.buf)]
@@ -82,6 +86,10 @@ class ServerChannel:
         """Where a result goes: an alias of an arena argument, a fresh s2c block, or a frame."""
         if arr.nbytes < self.inline_below:
             return None, FRAME_SMALL
+        offset = self.regions[S2C].offset_of(arr)
+        if offset is not None and offset in self._fresh:
+            self._fresh.discard(offset)  # the kernel wrote the result right here: no copy
+            return [S2C, offset, arr.nbytes, True], SHM_DIRECT
         for region_id, region in ((C2S, self.regions[C2S]), (S2C, self.regions[S2C])):
             offset = region.offset_of(arr)
             if offset is not None:
@@ -92,6 +100,28 @@ class ServerChannel:
         dst = array_in(self.s2c.segment.buf[offset : offset + arr.nbytes], arr)
         copy_into(dst, arr)
         return [S2C, offset, arr.nbytes, True], SHM_COPY
+
+    def output_allocator(self) -> Callable[[tuple[int, ...], np.dtype], np.ndarray | None]:
+        """For kernels (ops._output): results of the reply's op allocated in s2c directly."""
+
+        def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+            count = math.prod(shape)
+            if count * dtype.itemsize < self.inline_below:
+                return None
+            offset = self.s2c.alloc(count * dtype.itemsize)
+            if offset is None:
+                return None  # the arena is full: the heap, and a frame later
+            self._fresh.add(offset)
+            buf = self.s2c.segment.buf[offset : offset + count * dtype.itemsize]
+            return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+        return allocate
+
+    def end_request(self) -> None:
+        """Free the blocks kernels got for this reply that did not end up in it."""
+        for offset in self._fresh:
+            self.s2c.free(offset)
+        self._fresh.clear()
 
     def release(self, offsets: Any) -> None:
         """The client dropped its last view of these s2c blocks."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..channel import DEFAULT_DIRECTORY, ChannelError, pack_message
+from ..channel import DEFAULT_DIRECTORY, ChannelError, ServerChannel, pack_message
 from ..codec import (
     DEFAULT_LIMITS,
     Caster,
@@ -98,6 +98,7 @@ class ServerCore:
         self._socks: list[zmq.Socket[bytes]] = []
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
+        self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
         self.metrics = Metrics()
         self.handler.metrics = self.metrics  # the "stats" request reads it
         self.sessions.on_end = self.metrics.forget_client
@@ -215,6 +216,10 @@ class ServerCore:
             frames = self._execute(item, started, obs)
         except Exception as exc:  # every failure becomes this caller's error reply
             frames = self._failure(item, exc, obs)
+        finally:
+            channel, self._reply_channel = self._reply_channel, None
+            if channel is not None:
+                channel.end_request()  # arena blocks kernels got but the reply did not use
         self._reply(item, frames)
         obs.bytes_in += sum(memoryview(f).nbytes for f in item.frames[:1])
         obs.bytes_out += sum(memoryview(f).nbytes for f in frames[:1])  # the header, as for in
@@ -227,6 +232,7 @@ class ServerCore:
         obs.bytes_in = decoded.nbytes
         session = self._session_of(item, decoded.meta)
         if session is not None:
+            self._reply_channel = session.channel
             obs.client = session.sid
             cached = session.replies.get(request.rid)
             if cached is not None:  # a retry: answer again, never run twice

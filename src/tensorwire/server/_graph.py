@@ -40,6 +40,7 @@ from ..errors import ProtocolError, TensorwireError
 from ._graph_shapes import Abstract, infer
 from ._resident import _shares
 from .ops import OpError
+from .ops._output import outputs_into
 from .ops._registry import tree_map
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ def run_graph(handler: Handler, req: Request, session: Session | None) -> dict[s
     values = _resolve(handler, session, plan, consts, inputs)
     if not hit:
         cache.put(key, plan)  # only once every check passed
-    results = _execute(handler, plan, values)
+    channel = session.channel if session is not None and out == "local" else None
+    arena = channel.output_allocator() if channel is not None else None
+    results = _execute(handler, plan, values, arena)
     wire = [v for v in (*consts, *inputs.values()) if isinstance(v, np.ndarray)]
     return {"o": _reply(handler, session, out, results, wire), "mode": plan.mode,
             "plan": "hit" if hit else "miss"}
@@ -370,7 +373,10 @@ def _at(exc: BaseException, where: str) -> BaseException:
 # -- running ------------------------------------------------------------------------------
 
 
-def _execute(handler: Handler, plan: Plan, values: dict[Ref, Any]) -> list[Any]:
+def _execute(
+    handler: Handler, plan: Plan, values: dict[Ref, Any], arena: Any = None
+) -> list[Any]:
+    """Run the steps; the outputs' kernels may write straight into the reply's arena."""
     if plan.compiled is not None:
         try:
             return list(plan.compiled(values))
@@ -380,7 +386,8 @@ def _execute(handler: Handler, plan: Plan, values: dict[Ref, Any]) -> list[Any]:
     for i, op, args, kwargs, free in plan.steps:
         a, k = _substitute((args, kwargs), values)
         try:
-            values[Ref("node", i)] = registry.call_native(op, backend, a, k)
+            with outputs_into(arena if i in plan.outputs else None):
+                values[Ref("node", i)] = registry.call_native(op, backend, a, k)
         except OpError as exc:
             raise _at(exc, f"node {i} ({op})") from None
         for j in free:

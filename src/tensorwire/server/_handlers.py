@@ -18,6 +18,7 @@ from ._metrics import Metrics
 from ._resident import ResidentStore
 from ._sessions import Session, Sessions
 from .ops import Backend, OpRegistry
+from .ops._output import outputs_into
 from .ops._registry import tree_map
 
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
@@ -104,20 +105,23 @@ class Handler:
             return self._resident(req, session.store), 0.0
         start = time.perf_counter()
         if session is None or not (handles or "out" in req.meta):
-            result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
+            with outputs_into(_reply_arena(session)):
+                result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
         else:
-            result = self._call_native(req, session.store)
+            result = self._call_native(req, session)
         self.backend.synchronize()
         return result, time.perf_counter() - start
 
-    def _call_native(self, req: Request, store: ResidentStore) -> Any:
+    def _call_native(self, req: Request, session: Session) -> Any:
         """A call whose arguments or result live on the server."""
         out = req.meta.get("out", "local")
         if out not in ("remote", "local"):
             raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
+        store = session.store
         args = tree_map(lambda v: self._native(v, store), req.args, _is_leaf)
         kwargs = tree_map(lambda v: self._native(v, store), req.kwargs, _is_leaf)
-        result = self.registry.call_native(req.op, self.backend, args, kwargs)
+        with outputs_into(_reply_arena(session) if out == "local" else None):
+            result = self.registry.call_native(req.op, self.backend, args, kwargs)
         if out == "remote":
             return tree_map(store.add, result, self.backend.is_tensor)
         return tree_map(self.backend.to_wire, result, self.backend.is_tensor)
@@ -148,6 +152,13 @@ class Handler:
         if not isinstance(value, HandleRef):  # fetch
             raise ProtocolError(f"request {req.rid}: fetch takes a tensor handle")
         return self.backend.to_wire(store.get(value))
+
+
+def _reply_arena(session: Session | None) -> Any:
+    """The allocator that puts the op's result straight into the client's arena, if any."""
+    if session is None or session.channel is None:
+        return None
+    return session.channel.output_allocator()
 
 
 def _is_leaf(value: Any) -> bool:

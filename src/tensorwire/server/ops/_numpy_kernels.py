@@ -19,6 +19,7 @@ import numpy as np
 from ...codec import WIRE_DTYPES
 from . import _args
 from ._erf import erfc
+from ._output import new_output
 from ._table import Kernel
 
 KERNELS: dict[str, Kernel] = {}
@@ -67,15 +68,22 @@ def _kernel(name: str, *, wide: bool = True) -> Callable[[Kernel], Kernel]:
     return register
 
 
-def _unary(name: str, ufunc: Callable[[Any], Any]) -> None:
+def _unary(name: str, ufunc: Any) -> None:
     def op(x: Any) -> Any:
+        if isinstance(x, np.ndarray) and x.dtype.kind in "fc":  # result dtype == x.dtype
+            return ufunc(x, out=new_output(x.shape, x.dtype))
         return ufunc(x)
 
     _kernel(name)(op)
 
 
-def _binary(name: str, ufunc: Callable[[Any, Any], Any]) -> None:
+def _binary(name: str, ufunc: Any) -> None:
     def op(a: Any, b: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.dtype.kind in "fc" and name != "matmul":
+            dtype = np.result_type(a, b)
+            if dtype == a.dtype:  # the common case; mixed promotions keep numpy's own path
+                shape = np.broadcast_shapes(a.shape, np.shape(b))
+                return ufunc(a, b, out=new_output(shape, dtype))
         return ufunc(a, b)
 
     _kernel(name)(op)
@@ -115,7 +123,9 @@ def _silu(x: Any) -> Any:
 def _gelu(x: Any) -> Any:
     # x * Phi(x) with Phi written via erfc: no cancellation in the left tail.
     x64 = np.asarray(x, dtype=np.float64)
-    return (0.5 * x64 * erfc(-x64 * _SQRT1_2)).astype(np.asarray(x).dtype)
+    out = new_output(np.shape(x), np.asarray(x).dtype)
+    np.copyto(out, 0.5 * x64 * erfc(-x64 * _SQRT1_2), casting="unsafe")
+    return out
 
 
 @_kernel("softmax")

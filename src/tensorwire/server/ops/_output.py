@@ -1,0 +1,38 @@
+"""Where a kernel's result is allocated: normally the heap, for a reply the client's arena.
+
+A result computed on the heap must then be copied into the shared-memory arena
+(10 MB: ~0.5-1 ms here). While the server runs the op whose result goes straight
+back to a same-host client, it installs an allocator here and kernels that build
+their result with `new_output` write it into the arena directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
+
+Allocator = Callable[[tuple[int, ...], np.dtype], "np.ndarray | None"]
+_ALLOCATOR: ContextVar[Allocator | None] = ContextVar("tensorwire_output", default=None)
+
+
+def new_output(shape: Any, dtype: Any) -> np.ndarray:
+    """An uninitialised result array: in the reply's arena when one is installed and fits."""
+    allocate = _ALLOCATOR.get()
+    if allocate is not None:
+        arr = allocate(tuple(int(d) for d in shape), np.dtype(dtype))
+        if arr is not None:
+            return arr
+    return np.empty(shape, dtype)
+
+
+@contextmanager
+def outputs_into(allocate: Allocator | None) -> Iterator[None]:
+    token = _ALLOCATOR.set(allocate)
+    try:
+        yield
+    finally:
+        _ALLOCATOR.reset(token)
