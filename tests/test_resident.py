@@ -145,3 +145,12 @@ def test_same_bytes_with_another_dtype_or_shape_is_a_miss(server: tw.Server, var
         np.testing.assert_array_equal(gpu.fetch(second), other)
         assert gpu.fetch(second).dtype == other.dtype
         np.testing.assert_array_equal(gpu.fetch(first), w)
+
+
+def test_resent_hello_gets_the_same_session(server: tw.Server) -> None:
+    """A hello whose reply was lost is resent; it must not open a second session."""
+    with tw.Client(server.url) as gpu:
+        sessions = server._core.sessions
+        before = len(sessions)
+        again = gpu._request("hello", "", (), {})  # same hello token: a resend
+        assert again["session"] == gpu._session and len(sessions) == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections import deque
@@ -107,6 +108,7 @@ class Client:
         # CurveZMQ keys for tcp: DIR/<key_name>.key_secret and DIR/server.key.
         self._keys = ClientKeys.from_dir(auth_dir, key_name) if auth_dir is not None else None
         self._ids = itertools.count(1)
+        self._hello_token = secrets.token_hex(16)  # makes a resent hello safe
         self._closed = self._stopping = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._local = threading.local()
@@ -135,7 +137,7 @@ class Client:
                 # The server would place results where we cannot read: start over without.
                 self.shm_reason = f"cannot attach the server's arena: {exc}"
                 self._bye()
-                self._shm_size = 0
+                self._shm_size, self._hello_token = 0, secrets.token_hex(16)
                 self.server_info = self._request("hello", "", (), {})
                 self._session = self.server_info.get("session")
         elif self.transport == "auto":
@@ -308,6 +310,7 @@ class Client:
             self._channel = None
         self._session = None
         self._shm_size = self._shm_request
+        self._hello_token = secrets.token_hex(16)
         self.server_info = self._request("hello", "", (), {})
         self._negotiate(self._require)
 
@@ -364,7 +367,7 @@ class Client:
                     return result
                 # Silence on the pipe (e.g. the server was restarted: nobody reads it):
                 # resend the same request id over zmq, which the reply cache makes safe.
-        return self._over_zmq(frames, item, retry=kind != "hello")
+        return self._over_zmq(frames, item, retry=True)
 
     def _over_zmq(self, frames: list[Any], item: Pending, retry: bool) -> Any:
         """Send, wait; on silence reconnect and resend the same request id (Lazy Pirate).
@@ -478,7 +481,8 @@ class Client:
         keep: list[Any] = []
         placer = None
         if kind == "hello":
-            meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size)
+            meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size,
+                        ht=self._hello_token)
         elif self._session is not None:
             meta["s"] = self._session
             if self._dropped:

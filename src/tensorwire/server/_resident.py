@@ -29,7 +29,7 @@ class Quotas:
 
     resident_bytes: int = 1 << 40
     handles: int = 100_000
-    inflight: int = 1024  # requests queued per connection
+    inflight: int = 256  # requests queued per connection (below the queue: no one fills it)
 
 
 @dataclass

@@ -42,6 +42,8 @@ class Session:
     last_seen: float = 0.0
     user: str | None = None  # the CurveZMQ key that opened it; only it may use the session
     replies: ReplyCache = field(default_factory=ReplyCache)
+    hello_token: str = ""  # the client's hello id: a resent hello gets this session again
+    hello_reply: dict[str, Any] = field(default_factory=dict)
 
 
 class Sessions:
@@ -56,6 +58,7 @@ class Sessions:
         self.directory = directory
         self.max_arena = max_arena
         self._sessions: dict[str, Session] = {}
+        self._by_token: dict[str, Session] = {}
         self._next_reap = 0.0
         self.version = 0  # bumped whenever the set of sessions (and their pipes) changes
         self.on_end: Callable[[str], None] | None = None  # told each ended session id
@@ -69,6 +72,10 @@ class Sessions:
         want, pid = meta.get("shm", 0), meta.get("pid", 0)
         if type(want) is not int or type(pid) is not int or want < 0 or pid < 0:
             raise ProtocolError("hello: shm size and pid must be non-negative integers")
+        token = meta.get("ht")
+        again = self._by_token.get(token) if isinstance(token, str) else None
+        if again is not None and again.user == meta.get("user"):
+            return again.hello_reply  # a resent hello (the first reply was lost): same session
         local = bool(pid) and bool(meta.get("host")) and meta.get("host") == host_token()
         store = ResidentStore(self.backend, self.cache, self.quotas)
         session = Session(secrets.token_hex(16), pid, local, store,
@@ -84,6 +91,9 @@ class Sessions:
             session.channel, reply["shm_reason"] = self._channel(want)
             reply["shm"] = session.channel.offer() if session.channel is not None else None
         self._sessions[session.sid] = session
+        if isinstance(token, str) and len(token) <= 64:
+            session.hello_token, session.hello_reply = token, reply
+            self._by_token[token] = session
         self.version += 1
         return reply
 
@@ -167,6 +177,7 @@ class Sessions:
     def _end(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
         if session is not None:
+            self._by_token.pop(session.hello_token, None)
             session.store.clear()
             if session.channel is not None:
                 session.channel.close()
