@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/seed_baseline.py --json bench-results/seed_baseline.json
 	$(BIN)/python benchmarks/shm.py --json bench-results/shm.json
 	$(BIN)/python benchmarks/peers.py --json bench-results/peers.json
+	$(BIN)/python benchmarks/seed_workload.py --json bench-results/seed_workload.json
+	$(BIN)/python benchmarks/wire.py --json bench-results/wire.json
 
 # Fault tests of issue 7 at full size (T1-T8); figures in chaos-results/, see RELIABILITY.md.
 chaos: $(STAMP)

@@ -67,13 +67,29 @@ def test_server_computes_in_the_original_dtype(tcp_server):
     assert y.dtype == np.float64
 
 
-def test_auto_casts_only_large_tensors_over_tcp(tcp_server):
+def test_auto_casts_only_large_tensors_across_hosts(tcp_server, monkeypatch):
     big = np.ones((1024, 512), np.float32)  # 2 MB
     with tw.Client(tcp_server.url, transport="zmq", wire_dtype="auto") as gpu:
+        gpu.identity(big)  # loopback tcp: bytes are cheap here, nothing is narrowed
+        assert gpu.last_trace["paths"]["request"] == ["frame"]
+        # as if the server were on another host (the decision is the client's own)
+        monkeypatch.setattr("tensorwire.client._client.wire_path", lambda url: "tcp")
         gpu.identity(big)
         assert gpu.last_trace["paths"]["request"] == ["frame+bfloat16"]
         gpu.identity(big[:4])
         assert gpu.last_trace["paths"]["request"] == ["frame"]
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("tcp://10.0.0.7:5555", "tcp"), ("tcp://gpu-box:5555", "tcp"),
+     ("tcp://127.0.0.1:5555", "local"), ("tcp://localhost:1", "local"),
+     ("tcp://[::1]:5555", "local"), ("ipc:///tmp/x.sock", "local")],
+)  # fmt: skip
+def test_wire_path_rules(url, path):
+    from tensorwire.transport import wire_path
+
+    assert wire_path(url) == path
 
 
 def test_auto_never_casts_over_shared_memory():

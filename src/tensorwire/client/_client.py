@@ -50,7 +50,7 @@ from ..errors import (
     TransportError,
 )
 from ..trace import build_trace
-from ..transport import ClientKeys, Transport, client_socket, get_transport, scheme_of
+from ..transport import ClientKeys, Transport, client_socket, get_transport, wire_path
 from . import _graph
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
@@ -548,7 +548,7 @@ class Client:
 
     def _caster(self, wire: str) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:
         """Narrow tensors per the wire policy; "auto" only where the wire is the bottleneck."""
-        path = "shm" if self._channel is not None else scheme_of(self.url)
+        path = "shm" if self._channel is not None else wire_path(self.url)
 
         def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
             return to_wire(arr, choose(wire, transport_path=path, nbytes=arr.nbytes))

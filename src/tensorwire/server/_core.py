@@ -33,7 +33,7 @@ from ..codec import (
 )
 from ..errors import AuthError, ProtocolError, QuotaExceeded, ServerBusy, SessionExpired
 from ..trace import server_stages
-from ..transport import ServerAuth, Transport, get_transport, server_socket
+from ..transport import ServerAuth, Transport, get_transport, server_socket, wire_path
 from ._handlers import Handler, error_meta, parse_request
 from ._metrics import Metrics, Observation
 from ._replies import TOO_LARGE
@@ -349,7 +349,7 @@ def _scheme(item: _Incoming) -> str:
     if item.sock is None:
         return "shm"
     endpoint = item.sock.getsockopt(zmq.LAST_ENDPOINT)
-    return endpoint.decode().partition(":")[0] if isinstance(endpoint, bytes) else "ipc"
+    return wire_path(endpoint.decode()) if isinstance(endpoint, bytes) else "ipc"
 
 
 def _connection(item: _Incoming) -> Any:

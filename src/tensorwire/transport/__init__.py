@@ -1,7 +1,14 @@
 """Transports: move frames between client and server, chosen by URL scheme."""
 
 from ._auth import ClientKeys, ServerAuth, generate
-from ._base import Transport, get_transport, known_schemes, register_transport, scheme_of
+from ._base import (
+    Transport,
+    get_transport,
+    known_schemes,
+    register_transport,
+    scheme_of,
+    wire_path,
+)
 from ._zmq import HWM, IpcTransport, TcpTransport, client_socket, server_socket
 
 __all__ = [
@@ -18,4 +25,5 @@ __all__ = [
     "register_transport",
     "scheme_of",
     "server_socket",
+    "wire_path",
 ]

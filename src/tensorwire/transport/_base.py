@@ -50,6 +50,19 @@ def scheme_of(url: str) -> str:
     return scheme
 
 
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def wire_path(url: str) -> str:
+    """What the wire is for precision decisions: "tcp" across hosts; "local" for ipc and
+    loopback tcp, where bytes are cheap and narrowing them would only add work."""
+    scheme = scheme_of(url)
+    host = url[len(scheme) + 3 :].rpartition(":")[0]
+    if scheme == "tcp" and not host.startswith(_LOOPBACK):
+        return "tcp"
+    return "local"
+
+
 def known_schemes() -> list[str]:
     return sorted(_REGISTRY)
 
