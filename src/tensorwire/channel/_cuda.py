@@ -31,6 +31,14 @@ Everything is validated before anything is opened; notably:
 :class:`LeaseTable` keeps exported or imported tensors alive for a TTL (renewed on use) and
 runs ``torch.cuda.ipc_collect()`` after dropping any, so memory a dead peer held comes back.
 Nothing here is ever pickled; descriptors travel as plain msgpack maps.
+
+Not wired in yet (and never run: no GPU was lent to the session that wrote this): the codec
+needs an ext type carrying ``IpcDescriptor.to_wire()`` (decoded to a reference counted like a
+handle, so the call takes the native path); the client sends ``export_ipc(t).to_wire()`` for a
+torch CUDA argument in a same-host session and keeps ``t`` alive until the reply; the handler's
+``_native`` opens it with the session's ``IpcImports`` (created for local sessions, reaped in
+``Sessions.reap``, closed when the session ends). Until then CUDA tensors are refused with a
+clear error asking to move them to the CPU.
 """
 
 from __future__ import annotations
