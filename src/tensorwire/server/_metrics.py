@@ -8,6 +8,7 @@ hot path beyond the GIL, no allocation per request beyond a few dict lookups.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,7 @@ class Histogram:
     n: int = 0
 
     def observe(self, seconds: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
+        self.counts[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds, or +Inf
         self.total += seconds
         self.n += 1
 
