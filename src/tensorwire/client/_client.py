@@ -116,6 +116,7 @@ class Client:
         self._sockets_lock = threading.Lock()
         self._pending = PendingTable()
         self._dropped: deque[int] = deque()  # handles garbage-collected here, to free there
+        self._acks: deque[int] = deque()  # replies received: the server may forget them
         self._outbox: deque[tuple[Pending, list[Any]]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._pump: threading.Thread | None = None
@@ -487,6 +488,8 @@ class Client:
             meta["s"] = self._session
             if self._dropped:
                 meta["fh"] = [self._dropped.popleft() for _ in range(len(self._dropped))]
+            if self._acks:
+                meta["ak"] = [self._acks.popleft() for _ in range(len(self._acks))]
             if self._channel is not None:
                 placer = self._channel.placer(keep)
                 released = self._channel.take_released()
@@ -527,6 +530,7 @@ class Client:
         item = lookup(decoded.meta.get("id"))
         if item is None:
             return
+        self._acks.append(item.rid)  # told to the server with the next request
         if not decoded.meta.get("ok"):
             item.settle(error=_remote_exception(decoded.meta.get("err")))
             return

@@ -312,11 +312,14 @@ class ServerCore:
 
 
 def _released(session: Session, meta: dict[str, Any]) -> None:
-    """What the client piggybacked: arena blocks ("fr") and handles ("fh") it dropped."""
+    """What the client piggybacked: arena blocks ("fr") and handles ("fh") it dropped,
+    and the replies it got ("ak")."""
     if "fr" in meta and session.channel is not None:
         session.channel.release(meta["fr"])
     if "fh" in meta:
         session.store.free(meta["fh"])
+    if "ak" in meta:
+        session.replies.drop(meta["ak"])
 
 
 def _user(item: _Incoming) -> str | None:
