@@ -37,6 +37,7 @@ from ..codec import (
     restore_kind,
     to_numpy,
     to_wire,
+    tree_map,
     validate_wire_dtype,
 )
 from ..errors import (
@@ -565,13 +566,10 @@ class Client:
         raise ProtocolError(f"expected a tensor handle from the server, got {type(ref).__name__}")
 
     def _wrap_handles(self, value: Any) -> Any:
-        if isinstance(value, HandleRef):
-            return RemoteTensor(self, value, self._dropped)
-        if isinstance(value, list):
-            return [self._wrap_handles(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self._wrap_handles(v) for k, v in value.items()}
-        return value
+        return tree_map(
+            lambda ref: RemoteTensor(self, ref, self._dropped), value,
+            lambda v: isinstance(v, HandleRef),
+        )
 
     # -- the pump: one socket, many requests in flight --------------------------------
 
@@ -626,15 +624,13 @@ def _kind_of(args: tuple[Any, ...]) -> str | None:
 
 def _copied(value: Any) -> Any:
     """The result tree with every array copied out of the arena (Client(copy=True))."""
-    if isinstance(value, np.ndarray):
-        out = np.empty_like(value, order="C")
-        copy_into(out, value)
-        return out
-    if isinstance(value, list):
-        return [_copied(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    return value
+    return tree_map(_copy_out, value, lambda v: isinstance(v, np.ndarray))
+
+
+def _copy_out(arr: np.ndarray) -> np.ndarray:
+    out = np.empty_like(arr, order="C")
+    copy_into(out, arr)
+    return out
 
 
 def _remote_exception(err: Any) -> TensorwireError:

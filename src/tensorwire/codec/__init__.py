@@ -18,6 +18,7 @@ from ._message import (
     peek_meta,
 )
 from ._tensors import first_kind, from_numpy, restore_kind, tensor_kind, to_numpy
+from ._trees import tree_map
 
 __all__ = [
     "EXT_HANDLE",
@@ -44,6 +45,7 @@ __all__ = [
     "restore_kind",
     "tensor_kind",
     "to_numpy",
+    "tree_map",
     "wire_dtype",
 ]
 from ._precision import (

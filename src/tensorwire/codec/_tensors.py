@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ProtocolError
+from ._trees import tree_map
 
 NUMPY, TORCH, DLPACK = "numpy", "torch", "dlpack"
 
@@ -78,15 +79,11 @@ def restore_kind(value: Any, kind: str | None) -> Any:
     """Walk a result tree and turn every numpy array into `kind`."""
     if kind != TORCH:
         return value
-    if isinstance(value, np.ndarray):
-        return from_numpy(value, kind)
-    if isinstance(value, list):
-        return [restore_kind(v, kind) for v in value]
-    if isinstance(value, tuple):
-        return tuple(restore_kind(v, kind) for v in value)
-    if isinstance(value, dict):
-        return {k: restore_kind(v, kind) for k, v in value.items()}
-    return value
+    return tree_map(lambda arr: from_numpy(arr, kind), value, _is_array)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray)
 
 
 def first_kind(values: Any) -> str | None:

@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..codec import HandleRef
+from ..codec import HandleRef, tree_map
 from ..errors import ProtocolError, TensorwireError
 from ._graph_shapes import Abstract, infer
 from ._resident import _shares
 from .ops import OpError
 from .ops._output import outputs_into
-from .ops._registry import tree_map
 
 if TYPE_CHECKING:
     from ._handlers import Handler, Request

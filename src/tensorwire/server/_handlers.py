@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..codec import PROTOCOL_VERSION, HandleRef
+from ..codec import PROTOCOL_VERSION, HandleRef, tree_map
 from ..errors import ProtocolError, TensorwireError
 from ._exposition import server_state
 from ._metrics import Metrics
@@ -19,7 +19,6 @@ from ._resident import ResidentStore
 from ._sessions import Session, Sessions
 from .ops import Backend, OpRegistry
 from .ops._output import outputs_into
-from .ops._registry import tree_map
 
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 

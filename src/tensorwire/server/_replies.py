@@ -6,9 +6,8 @@ replies they got with their next request, so a reply is held only while it may
 still be asked for again. Replies above max_reply (large tensors in frames, not
 shared-memory descriptors) keep only the marker: holding their buffers even one
 request longer cost ~2 ms per 10 MB round trip here (fresh pages instead of reused
-ones); a retry of such a request gets a clear error, never a second execution. Bounded by count and by
-bytes; a reply too large to keep leaves a marker, so a retry of it gets a clear
-error rather than a second execution.
+ones); a retry of such a request gets a clear error, never a second execution.
+Bounded by count and by bytes.
 """
 
 from __future__ import annotations

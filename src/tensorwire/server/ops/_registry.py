@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ...codec import tree_map
 from ._backend import Backend
 from ._errors import OpArgumentError, OpError, OpFailed, UnknownOp
 from ._table import DTYPE_CATEGORIES, OPS, SIGNATURES, Kernel, dtype_allowed, plain_signature
@@ -39,24 +40,6 @@ _MAX_BOUND_SHAPES = 64
 
 def _is_wire(value: Any) -> bool:
     return isinstance(value, np.ndarray)
-
-
-_CONTAINERS = (list, tuple, dict)
-
-
-def tree_map(fn: Callable[[Any], Any], value: Any, is_leaf: Callable[[Any], bool]) -> Any:
-    """Apply `fn` to every leaf of nested lists, tuples and dict values."""
-    if type(value) is list and not any(isinstance(v, _CONTAINERS) for v in value):
-        return [fn(v) if is_leaf(v) else v for v in value]  # the common flat case
-    if is_leaf(value):
-        return fn(value)
-    if isinstance(value, list):
-        return [tree_map(fn, v, is_leaf) for v in value]
-    if isinstance(value, tuple):
-        return tuple(tree_map(fn, v, is_leaf) for v in value)
-    if isinstance(value, dict):
-        return {k: tree_map(fn, v, is_leaf) for k, v in value.items()}
-    return value
 
 
 def _leaves(value: Any, is_leaf: Callable[[Any], bool]) -> list[Any]:
