@@ -21,7 +21,7 @@ Lifetime rules
 """
 
 from ._arena import ALIGNMENT, Arena
-from ._client_side import ClientChannel
+from ._client_side import ClientChannel, take_all
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
@@ -52,4 +52,5 @@ __all__ = [
     "pid_alive",
     "small_message",
     "sweep_stale",
+    "take_all",
 ]

@@ -121,10 +121,7 @@ class ClientChannel:
 
     def take_released(self) -> list[int]:
         """s2c blocks whose last view is gone, to report to the server."""
-        out: list[int] = []
-        while self._released:
-            out.append(self._released.popleft())
-        return out
+        return take_all(self._released)
 
     def drop_pipe(self) -> None:
         """Stop using the message pipe (small calls go through ZeroMQ from now on)."""
@@ -156,6 +153,16 @@ class ClientChannel:
             if start <= offset and offset + size <= start + len(block):
                 return start, block
         raise ProtocolError("result refers to arena memory this client does not hold")
+
+
+def take_all(queue: deque[int]) -> list[int]:
+    """Empty a deque that other threads append to and drain concurrently."""
+    out: list[int] = []
+    while True:
+        try:
+            out.append(queue.popleft())
+        except IndexError:  # not `while queue`: another thread may take the last one first
+            return out
 
 
 def _free_quietly(arena: Arena, offset: int) -> None:

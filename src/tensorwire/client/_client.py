@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from ..channel import ChannelError, ClientChannel, copy_into, host_token, small_message
+from ..channel import (
+    ChannelError,
+    ClientChannel,
+    copy_into,
+    host_token,
+    small_message,
+    take_all,
+)
 from ..codec import (
     HandleRef,
     choose,
@@ -488,9 +495,9 @@ class Client:
         elif self._session is not None:
             meta["s"] = self._session
             if self._dropped:
-                meta["fh"] = [self._dropped.popleft() for _ in range(len(self._dropped))]
+                meta["fh"] = take_all(self._dropped)
             if self._acks:
-                meta["ak"] = [self._acks.popleft() for _ in range(len(self._acks))]
+                meta["ak"] = take_all(self._acks)
             if self._channel is not None:
                 placer = self._channel.placer(keep)
                 released = self._channel.take_released()
