@@ -96,6 +96,7 @@ class ServerCore:
         self.urls: list[str] = []
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socks: list[zmq.Socket[bytes]] = []
+        self._wire_paths: dict[zmq.Socket[bytes], str] = {}  # per socket, for wire precision
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
         self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
@@ -115,6 +116,7 @@ class ServerCore:
                     self._auth.apply(sock)
                 self._socks.append(sock)
                 self.urls.append(transport.bind(sock, url))
+                self._wire_paths[sock] = wire_path(self.urls[-1])
         except BaseException:
             self.close()
             raise
@@ -226,11 +228,18 @@ class ServerCore:
         self.metrics.observe(obs)
 
     def _execute(self, item: _Incoming, started: float, obs: Observation) -> list[Any]:
-        decoded = decode(item.frames, self.limits, resolver_for=self.sessions.resolver_for)
+        found: list[Session | None] = []  # the session, looked up once while decoding
+
+        def resolver_for(meta: dict[str, Any]) -> Any:
+            found.append(self._session_of(item, meta))
+            channel = found[0].channel if found[0] is not None else None
+            return channel.resolve if channel is not None else None
+
+        decoded = decode(item.frames, self.limits, resolver_for=resolver_for)
         request = parse_request(decoded.meta, decoded.payload)
         obs.rid, obs.kind, obs.op = request.rid, request.kind, request.op
         obs.bytes_in = decoded.nbytes
-        session = self._session_of(item, decoded.meta)
+        session = found[0]
         if session is not None:
             self._reply_channel = session.channel
             obs.client = session.sid
@@ -246,7 +255,8 @@ class ServerCore:
         encoded_at = time.perf_counter()
         channel = session.channel if session is not None else None
         placer = channel.place if channel is not None and request.kind != "hello" else None
-        encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), item, channel))
+        path = "shm" if channel is not None or item.sock is None else self._wire_paths[item.sock]
+        encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), path))
         done = time.perf_counter()
         obs.stages = server_stages(
             started - item.arrived, deserialized - started, compute, done - encoded_at
@@ -333,26 +343,18 @@ def _user(item: _Incoming) -> str | None:
     return user if isinstance(user, str) else None
 
 
-def _caster(wire: Any, item: _Incoming, channel: Any) -> Caster | None:
+def _caster(wire: Any, path: str) -> Caster | None:
     """Narrow results the way the client narrowed its request (its wire policy)."""
     if wire is None:
         return None
     policy = validate_wire_dtype(wire) if isinstance(wire, str) else None
     if policy is None:
         raise ProtocolError(f"unknown wire dtype {wire!r}")
-    path = "shm" if channel is not None else _scheme(item)
 
     def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
         return to_wire(arr, choose(policy, transport_path=path, nbytes=arr.nbytes))
 
     return cast
-
-
-def _scheme(item: _Incoming) -> str:
-    if item.sock is None:
-        return "shm"
-    endpoint = item.sock.getsockopt(zmq.LAST_ENDPOINT)
-    return wire_path(endpoint.decode()) if isinstance(endpoint, bytes) else "ipc"
 
 
 def _connection(item: _Incoming) -> Any:

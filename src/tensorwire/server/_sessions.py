@@ -19,7 +19,6 @@ from typing import Any
 from ..channel import DEFAULT_DIRECTORY, ServerChannel, host_token, pid_alive, sweep_stale
 from ..channel._errors import ChannelError, ShmFullError
 from ..channel._pipe import sweep_stale_pipes
-from ..codec import Resolver
 from ..errors import ProtocolError, SessionExpired
 from ._replies import ReplyCache
 from ._resident import ContentCache, Quotas, ResidentStore
@@ -124,12 +123,6 @@ class Sessions:
             raise SessionExpired("unknown or expired session; reconnect")
         session.last_seen = time.monotonic()
         return session
-
-    def resolver_for(self, meta: dict[str, Any]) -> Resolver | None:
-        session = self.get(meta)
-        if session is None or session.channel is None:
-            return None
-        return session.channel.resolve
 
     def bye(self, meta: dict[str, Any]) -> None:
         session = self.get(meta)
