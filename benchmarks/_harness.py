@@ -388,3 +388,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}×"
+
+
+def fmt_paths(paths: list[str] | None) -> str:
+    """["request:shm", "reply:shm(alias)"] -> "shm → shm(alias)" (request → reply)."""
+    if not paths:
+        return "-"
+    req = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("request:"))
+    rep = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("reply:"))
+    other = ",".join(p for p in paths if not p.startswith(("request:", "reply:")))
+    if other:  # e.g. "message:pipe": how the control message travelled (the doorbell)
+        rep = f"{rep or '?'} ({other})"
+    return f"{req or '?'} → {rep or '?'}" if (req or rep) else ",".join(paths)

@@ -242,23 +242,12 @@ def print_round_trips(results: dict[str, Any], summary: dict[str, Any]) -> None:
                 )
 
 
-def _short_paths(paths: list[str] | None) -> str:
-    if not paths:
-        return "-"
-    req = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("request:"))
-    rep = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("reply:"))
-    other = ",".join(p for p in paths if not p.startswith(("request:", "reply:")))
-    if other:  # e.g. "message:pipe": how the control message travelled (the doorbell)
-        rep = f"{rep or '?'} ({other})"
-    return f"{req or '?'} → {rep or '?'}"
-
-
 def print_targets(summary: dict[str, Any], tw_ok: bool, reason: str) -> None:
     rows = [
         [
             t["name"],
             ROW_LABELS.get(t["row"], t["row"]),
-            _short_paths(t.get("paths")),
+            h.fmt_paths(t.get("paths")),
             h.fmt_ratio(t["value"]),
             f"{t['op']} {t['target']}",
             t["status"],

@@ -273,11 +273,9 @@ def check_seed(report: Report, reps: int) -> None:
     sys.path.insert(0, str(HERE))
     import _harness as h
     import tensorwire as tw
+    from tensorwire.diagnose import seed_inputs
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2560, 1024), dtype=np.float32)
-    w = (rng.standard_normal((1024, 1024), dtype=np.float32) / 32).astype(np.float32)
-    b = rng.standard_normal(1024, dtype=np.float32)
+    x, w, b = seed_inputs()
     ref = _gelu(x.astype(np.float64) @ w + b)
     with h.temp_dir() as tmp:
         argv = h.tensorwire_serve_argv(h.endpoint("ipc", tmp, "tw"),

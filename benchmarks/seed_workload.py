@@ -3,8 +3,8 @@ requests with resident tensors, and one fused tensorwire graph request.
 
 Workload: x is 2560x1024 float32 (10 MB); h = x @ w + b (linear 1024->1024 with bias); y = gelu(h).
 
-  seed      three RPCs (matmul, add, gelu) to a seed-style ZeroMQ server (started by this script
-            with --seed-server): every operand is msgpack of tolist(), weights re-sent each call.
+  seed      three RPCs (matmul, add, gelu) to the seed-style ZeroMQ server of tensorwire.diagnose
+            (the report's baseline): every operand is msgpack of tolist(), weights re-sent.
             Its compute is the same three ops timed locally on the same backend, so
             overhead = end-to-end - compute.
   eager     tensorwire, three requests: weights resident (put(cache=True)), intermediates kept
@@ -31,72 +31,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
-import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
 
-SEED_READY = r"seed-workload-server: listening on (\S+)"
 FUSED_OVERHEAD_TARGET = 1.5e-3  # seconds, same host
 
 
-def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2560, 1024), dtype=np.float32)
-    w = (rng.standard_normal((1024, 1024), dtype=np.float32) / 32).astype(np.float32)
-    b = rng.standard_normal(1024, dtype=np.float32)
-    return x, w, b
+# -- the seed's path: its server and client live in tensorwire.diagnose (the report's baseline)
 
 
-# -- the seed's server and client -----------------------------------------------------------
-
-
-def seed_server(url: str, backend_name: str) -> None:
-    """The seed's GPUServer: msgpack of tolist() in and out, one op per request."""
-    from tensorwire.server import default_registry, make_backend
-
-    registry, backend = default_registry(), make_backend(backend_name, "cpu")
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(url)
-    print(f"seed-workload-server: listening on {sock.getsockopt_string(zmq.LAST_ENDPOINT)}",
-          flush=True)
-    while True:
-        ident, body = sock.recv_multipart()
-        req = msgpack.unpackb(body)
-        args = [np.array(a["array"], dtype=np.float32) for a in req["args"]]
-        t0 = time.perf_counter()
-        out = np.asarray(registry.call(req["op"], backend, args, {}))
-        compute = time.perf_counter() - t0
-        sock.send_multipart([ident, msgpack.packb({"array": out.tolist()}),
-                             msgpack.packb(compute)])
-
-
-class SeedClient:
-    def __init__(self, url: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(url)
-        self.server_compute = 0.0
-
-    def call(self, op: str, *arrays: np.ndarray) -> np.ndarray:
-        self.sock.send(msgpack.packb({"op": op, "args": [{"array": a.tolist()} for a in arrays]}))
-        reply, compute = self.sock.recv_multipart()
-        self.server_compute += msgpack.unpackb(compute)
-        return np.array(msgpack.unpackb(reply)["array"], dtype=np.float32)
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-def seed_sequence(client: SeedClient, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> Any:
-    return client.call("gelu", client.call("add", client.call("matmul", x, w), b))
+def seed_sequence(client: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[Any, float]:
+    """The seed's three RPCs; returns (y, the compute time the seed server reported)."""
+    h1 = client.call("matmul", x, w)
+    compute = client.last_trace["compute"]
+    h2 = client.call("add", h1, b)
+    compute += client.last_trace["compute"]
+    y = client.call("gelu", h2)
+    return y, compute + client.last_trace["compute"]
 
 
 def local_compute(backend_name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
@@ -170,20 +124,21 @@ def _summary(pairs: list[tuple[float, float]]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def servers(backend: str) -> Iterator[tuple[str, str]]:
+    from tensorwire.diagnose import seed_server
+
     with h.temp_dir() as tmp:
         tw_argv = h.tensorwire_serve_argv(h.endpoint("ipc", tmp, "tw"),
                                           ["--backend", backend, "--device", "cpu"])
-        seed_argv = [sys.executable, __file__, "--seed-server", h.endpoint("ipc", tmp, "seed"),
-                     "--backend", backend]
         with h.child_server(tw_argv, h.TW_READY) as (_, tw_url), \
-                h.child_server(seed_argv, SEED_READY) as (_, seed_url):
+                seed_server(backend, "cpu") as seed_url:
             yield tw_url, seed_url
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import tensorwire as tw
+    from tensorwire.diagnose import SeedClient, seed_inputs
 
-    x, w, b = inputs()
+    x, w, b = seed_inputs()
     reps, seed_reps = (10, 2) if args.quick else (args.reps, args.seed_reps)
     results: dict[str, dict[str, float]] = {}
     with servers(args.backend) as (tw_url, seed_url):
@@ -194,21 +149,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results.update(measure(paths, reps))
             shm = gpu.path
             mode = _graph_mode(gpu, x, w, b)
-        seed = SeedClient(seed_url)
-        try:
-            np.testing.assert_allclose(seed_sequence(seed, x, w, b), reference, rtol=1e-4,
+        with SeedClient(seed_url, "tolist") as seed:
+            np.testing.assert_allclose(seed_sequence(seed, x, w, b)[0], reference, rtol=1e-4,
                                        atol=1e-4)
             pairs, reported = [], []
             for _ in range(seed_reps):
-                seed.server_compute = 0.0
                 t0 = time.perf_counter()
-                seed_sequence(seed, x, w, b)
+                _, server_compute = seed_sequence(seed, x, w, b)
                 pairs.append((time.perf_counter() - t0, local_compute(args.backend, x, w, b)))
-                reported.append(seed.server_compute)
+                reported.append(server_compute)
             results["seed"] = _summary(pairs)
             results["seed"]["server_reported_compute"] = statistics.median(reported)
-        finally:
-            seed.close()
     return {"machine": h.machine_info(), "results": results, "targets": _targets(results),
             "config": {"backend": args.backend, "reps": reps, "seed_reps": seed_reps,
                        "tensorwire_path": shm, "graph_mode": mode}}
@@ -266,15 +217,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--backend", default="numpy", choices=["numpy", "torch"],
                     help="compute backend of both servers (CPU)")
     ap.add_argument("--json", metavar="FILE", help="write medians and targets here")
-    ap.add_argument("--seed-server", metavar="URL", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.seed_server:
-        seed_server(args.seed_server, args.backend)
-        return 0
     ok, why = h.tensorwire_status()
     if not ok:
         print(f"tensorwire unavailable: {why}")

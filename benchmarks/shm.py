@@ -236,18 +236,6 @@ def build_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # printing
 
 
-def fmt_paths(paths: list[str] | None) -> str:
-    """["request:shm", "reply:shm(alias)"] -> "shm → shm(alias)" (request → reply)."""
-    if not paths:
-        return "-"
-    req = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("request:"))
-    rep = ",".join(p.split(":", 1)[-1] for p in paths if p.startswith("reply:"))
-    other = ",".join(p for p in paths if not p.startswith(("request:", "reply:")))
-    if other:  # e.g. "message:pipe": how the control message travelled (the doorbell)
-        rep = f"{rep or '?'} ({other})"
-    return f"{req or '?'} → {rep or '?'}" if (req or rep) else ",".join(paths)
-
-
 def print_group(title: str, res: dict[str, Any], baselines: tuple[str, ...], note: str) -> None:
     rows = []
     for name, s in res["round_trip"].items():
@@ -255,7 +243,7 @@ def print_group(title: str, res: dict[str, Any], baselines: tuple[str, ...], not
         rows.append(
             [
                 LABELS[name],
-                fmt_paths(res["paths"].get(name)),
+                h.fmt_paths(res["paths"].get(name)),
                 h.fmt_time(s.median),
                 f"{h.fmt_time(s.p10)} – {h.fmt_time(s.p90)}",
                 s.n,

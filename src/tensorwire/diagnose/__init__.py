@@ -11,11 +11,14 @@ from ._local import local_server, seed_server
 from ._progress import progress
 from ._report import render
 from ._run import TRANSPORTS, Settings, run_diagnose
+from ._seed_client import SeedClient
 from ._sizes import format_size, parse_size, parse_sizes
 from ._stages import SEED_STAGES, StageRow, measure, percentile
+from ._workload import seed_inputs
 
 __all__ = [
     "SEED_STAGES",
+    "SeedClient",
     "TRANSPORTS",
     "Settings",
     "StageRow",
@@ -29,6 +32,7 @@ __all__ = [
     "progress",
     "render",
     "run_diagnose",
+    "seed_inputs",
     "seed_server",
     "write_charts",
 ]

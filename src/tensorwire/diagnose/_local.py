@@ -30,7 +30,7 @@ def local_server(listens: list[str], *extra: str) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def seed_server(backend: str = "auto") -> Iterator[str]:
+def seed_server(backend: str = "auto", device: str = "auto") -> Iterator[str]:
     """Yield the ipc URL of a fresh seed-style msgpack server (the baseline)."""
     with tempfile.TemporaryDirectory(prefix="tensorwire-seed-") as tmpdir:
         cmd = [
@@ -41,6 +41,8 @@ def seed_server(backend: str = "auto") -> Iterator[str]:
             url_for("ipc", tmpdir, "seed"),
             "--backend",
             backend,
+            "--device",
+            device,
         ]
         with _child(cmd, SEED_READY, 1) as urls:
             yield urls[0]

@@ -65,8 +65,8 @@ def handle(body: bytes, registry: Any, backend: Any) -> list[bytes]:
     return [reply, msgpack.packb([t1 - t0, t2 - t1, t3 - t2])]
 
 
-def serve(url: str, backend_name: str) -> None:
-    registry, backend = default_registry(), make_backend(backend_name, "auto")
+def serve(url: str, backend_name: str, device: str = "auto") -> None:
+    registry, backend = default_registry(), make_backend(backend_name, device)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--listen", required=True, help="ipc:///path.sock or tcp://127.0.0.1:0")
     ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    serve(args.listen, args.backend)
+    serve(args.listen, args.backend, args.device)
     return 0
 
 
