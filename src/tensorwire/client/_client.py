@@ -128,8 +128,9 @@ class Client:
         self._outbox: deque[tuple[Pending, list[Any]]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._pump: threading.Thread | None = None
+        self.server_info: dict[str, Any] = {}  # the hello reply, once there is one
         try:
-            self.server_info: dict[str, Any] = self._request("hello", "", (), {})
+            self.server_info = self._request("hello", "", (), {})
             self._negotiate(require)
         except BaseException:
             self.close()
@@ -419,10 +420,6 @@ class Client:
                 self._sockets.remove(sock)
             sock.close(linger=0)
 
-    @property
-    def server_info_known(self) -> bool:
-        return "server_info" in self.__dict__
-
     def _over_pipe(self, channel: ClientChannel, message: bytes, item: Pending) -> Any:
         """The same-host fast path: one pipe write, one pipe read (caller holds the lock)."""
         pipe = channel.pipe
@@ -450,7 +447,7 @@ class Client:
 
     def _timeout(self, item: Pending) -> TimeoutError:
         hint = ""
-        if self.url.startswith("tcp://") and self._keys is None and not self.server_info_known:
+        if self.url.startswith("tcp://") and self._keys is None and not self.server_info:
             hint = " (a server that requires CurveZMQ keys stays silent: pass auth_dir=...)"
         return TimeoutError(
             f"request {item.rid}: no reply from {self.url} within {self.timeout:g} s{hint}"
