@@ -13,23 +13,17 @@ import os
 import re
 import select
 import shutil
-import tempfile
 import weakref
 
 from ._errors import ChannelError, SegmentRefused
+from ._pipe import TO_CLIENT, TO_SERVER, make_fifo_pair, remove_if_creator
 from ._segment import DEFAULT_DIRECTORY
 
 __all__ = ["Doorbell"]
 
 _PREFIX = "tensorwire-bell-"
 _NAME_RE = re.compile(re.escape(_PREFIX) + r"[A-Za-z0-9_]{8,32}")
-_TO_SERVER, _TO_CLIENT = "c2s", "s2c"
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _remove_if_creator(path: str, creator_pid: int) -> None:
-    if os.getpid() == creator_pid:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Doorbell:
@@ -41,10 +35,10 @@ class Doorbell:
 
     def __init__(self, directory: str, name: str, creator: bool) -> None:
         path = os.path.join(directory, name)
-        send, recv = (_TO_CLIENT, _TO_SERVER) if creator else (_TO_SERVER, _TO_CLIENT)
+        send, recv = (TO_CLIENT, TO_SERVER) if creator else (TO_SERVER, TO_CLIENT)
         self.name = name
         self.is_creator = creator
-        self._finalizer = weakref.finalize(self, _remove_if_creator, path, os.getpid())
+        self._finalizer = weakref.finalize(self, remove_if_creator, path, os.getpid())
         if not creator:
             self._finalizer.detach()
         self._recv = os.open(os.path.join(path, recv), _OPEN_FLAGS)
@@ -58,10 +52,8 @@ class Doorbell:
     @classmethod
     def create(cls, *, directory: str = DEFAULT_DIRECTORY) -> Doorbell:
         """Make the FIFOs in a new mode-0700 directory with an unguessable name."""
-        path = tempfile.mkdtemp(prefix=_PREFIX, dir=directory)
+        path = make_fifo_pair(directory, _PREFIX)
         try:
-            for fifo in (_TO_SERVER, _TO_CLIENT):
-                os.mkfifo(os.path.join(path, fifo), 0o600)
             return cls(directory, os.path.basename(path), creator=True)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)

@@ -35,7 +35,7 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PREFIX = "tensorwire-pipe-"
 # The creator's pid is part of the name, so a restarted server can sweep what a dead one left.
 _NAME_RE = re.compile(re.escape(_PREFIX) + r"([0-9]{1,10})-[A-Za-z0-9_]{1,32}")
-_TO_SERVER, _TO_CLIENT = "c2s", "s2c"
+TO_SERVER, TO_CLIENT = "c2s", "s2c"
 _COUNT = struct.Struct("<I")
 
 
@@ -126,9 +126,22 @@ def sweep_stale_pipes(directory: str) -> int:
     return removed
 
 
-def _remove_if_creator(path: str, creator_pid: int) -> None:
+def remove_if_creator(path: str, creator_pid: int) -> None:
+    """A finalizer: only the process that made the FIFO directory removes it (not forks)."""
     if os.getpid() == creator_pid:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def make_fifo_pair(directory: str, prefix: str) -> str:
+    """A new mode-0700 directory with an unguessable name holding the two 0600 FIFOs."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+    try:
+        for fifo in (TO_SERVER, TO_CLIENT):
+            os.mkfifo(os.path.join(path, fifo), 0o600)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
 
 
 class MessagePipe:
@@ -140,9 +153,9 @@ class MessagePipe:
 
     def __init__(self, directory: str, name: str, creator: bool, max_message: int) -> None:
         path = os.path.join(directory, name)
-        send, recv = (_TO_CLIENT, _TO_SERVER) if creator else (_TO_SERVER, _TO_CLIENT)
+        send, recv = (TO_CLIENT, TO_SERVER) if creator else (TO_SERVER, TO_CLIENT)
         self.name, self.is_creator = name, creator
-        self._finalizer = weakref.finalize(self, _remove_if_creator, path, os.getpid())
+        self._finalizer = weakref.finalize(self, remove_if_creator, path, os.getpid())
         if not creator:
             self._finalizer.detach()
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -158,10 +171,8 @@ class MessagePipe:
     @classmethod
     def create(cls, directory: str, max_message: int = MAX_PIPE_MESSAGE) -> MessagePipe:
         """The server's end; it reads messages of at most `max_message` bytes."""
-        path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=directory)
+        path = make_fifo_pair(directory, f"{_PREFIX}{os.getpid()}-")
         try:
-            for fifo in (_TO_SERVER, _TO_CLIENT):
-                os.mkfifo(os.path.join(path, fifo), 0o600)
             return cls(directory, os.path.basename(path), True, max_message)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
