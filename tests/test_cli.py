@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,58 @@ def test_bench_refuses_bad_size():
     out = _run("bench", "--size", "12XB")
     assert out.returncode == 2
     assert "size '12XB'" in out.stderr
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.parametrize("opt_out", [False, True], ids=["default", "opted-out"])
+def test_serve_restarts_itself_with_huge_pages_where_glibc_can(opt_out, tmp_path, monkeypatch):
+    from tensorwire.cli import _huge_pages
+
+    if opt_out:
+        monkeypatch.setenv(_huge_pages.OPT_OUT, "0")
+    wanted = _huge_pages.wanted({k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
+    if opt_out:
+        assert not wanted
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    server = ServerProcess([listen_url("ipc", tmp_path)], "--backend", "numpy")
+    try:
+        with tw.Client(server.url, transport="zmq") as client:  # the restarted process serves
+            assert client.call("identity", 3) == 3
+        tunables = _environ_of(server.proc.pid).get("GLIBC_TUNABLES", "")  # the same pid
+        assert ("glibc.malloc.hugetlb=1" in tunables) == wanted
+    finally:
+        server.stop()
+
+
+def test_huge_pages_are_wanted_only_where_they_apply(monkeypatch):
+    from tensorwire.cli import _huge_pages
+
+    monkeypatch.setattr(_huge_pages.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(_huge_pages.sys, "platform", "linux")
+    setting = "always [madvise] never"
+    monkeypatch.setattr(_huge_pages, "THP_SETTING", _Text(setting))
+    assert _huge_pages.wanted({})
+    assert not _huge_pages.wanted({"TENSORWIRE_HUGE_PAGES": "0"})
+    assert not _huge_pages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})  # the user's
+    monkeypatch.setattr(_huge_pages, "THP_SETTING", _Text("always madvise [never]"))
+    assert not _huge_pages.wanted({})
+    monkeypatch.setattr(_huge_pages, "THP_SETTING", _Text(setting))
+    monkeypatch.setattr(_huge_pages.platform, "libc_ver", lambda: ("glibc", "2.31"))
+    assert not _huge_pages.wanted({})  # the tunable came with glibc 2.35
+    monkeypatch.setattr(_huge_pages.platform, "libc_ver", lambda: ("", ""))  # musl
+    assert not _huge_pages.wanted({})
+    monkeypatch.setattr(_huge_pages.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(_huge_pages.sys, "platform", "darwin")
+    assert not _huge_pages.wanted({})
+
+
+class _Text:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read_text(self) -> str:
+        return self.text

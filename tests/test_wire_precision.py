@@ -107,3 +107,85 @@ def test_unknown_wire_dtype_is_refused(tcp_server, wire):
         tw.Client(tcp_server.url, wire_dtype=wire)
     with tw.Client(tcp_server.url, transport="zmq") as gpu, pytest.raises(ValueError):
         gpu.identity(np.ones(3), wire_dtype=wire)
+
+
+# -- element-moving ops keep narrowed arguments narrow on the server ------------------------
+
+
+def _server_casts(server: tw.Server) -> int:
+    """Pooled cast buffers the server has asked for (each widening or narrowing of >= 1 MiB)."""
+    pool = server._core._cast_buffers
+    return pool.allocated + pool.reused
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs", "reference"),
+    [
+        ("identity", 1, {}, lambda x: x),
+        ("reshape", 1, {"shape": (512, 1024)}, lambda x: x.reshape(512, 1024)),
+        ("transpose", 1, {}, lambda x: x.T),
+        ("concat", 2, {"axis": 0}, lambda x: np.concatenate([x, x], axis=0)),
+    ],
+)
+def test_element_moving_ops_stay_narrow_with_the_same_bits(tcp_server, op, args, kwargs, reference):
+    x = np.random.default_rng(1).standard_normal((1024, 512)).astype(np.float32)  # 2 MB
+    before = _server_casts(tcp_server)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        arg = [x, x] if args == 2 else x
+        y = gpu.call(op, arg, **kwargs) if args == 2 else gpu.call(op, x, **kwargs)
+        reply = gpu.last_trace["paths"]["reply"]
+    # exactly what widening, computing and narrowing again gives
+    expected = reference(x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, expected)
+    assert reply == ["frame+bfloat16"]
+    assert _server_casts(tcp_server) == before  # no widening, no narrowing there
+
+
+def test_computing_ops_widen_on_the_server(tcp_server):
+    x = np.random.default_rng(2).standard_normal((1024, 512)).astype(np.float32)
+    before = _server_casts(tcp_server)
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        y = gpu.neg(x)
+    np.testing.assert_array_equal(y, -x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert _server_casts(tcp_server) == before + 2  # the argument widened, the result narrowed
+
+
+def test_mixed_arguments_are_widened_first(tcp_server):
+    big = np.random.default_rng(3).standard_normal((1024, 512)).astype(np.float32)
+    small = np.ones((2, 512), np.float32)  # "auto" leaves it float32
+    with tw.Client(tcp_server.url, transport="zmq") as gpu:
+        y = gpu.call("concat", [tw.exact(small), big], axis=0, wire_dtype="bfloat16")
+    assert y.dtype == np.float32 and y.shape == (1026, 512)
+    np.testing.assert_array_equal(y[:2], small)
+    np.testing.assert_array_equal(y[2:], big.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_a_reply_policy_of_another_format_widens():
+    from tensorwire.codec import Narrowed, to_wire
+    from tensorwire.server._handlers import Request
+    from tensorwire.server._wire import settle_narrowed
+
+    x = np.ones(1 << 19, np.float32)  # 2 MB
+    narrow, original = to_wire(x, "bfloat16")
+
+    def request(op="identity", w="bfloat16", **meta):
+        args = [Narrowed.checked(narrow, original)]
+        return Request("call", 1, op, args, {}, {"w": w, **meta})
+
+    pool = tw.codec.BufferPool()
+    kept = request()
+    assert settle_narrowed(kept, "local", 0, pool) == "float32"
+    assert kept.args[0] is narrow
+    for req, path, handles in [
+        (request(w="float16"), "local", 0),  # the reply would go float16: widen
+        (request(w="auto"), "local", 0),  # "auto" over loopback narrows nothing
+        (request(), "shm", 0),
+        (request(), "local", 1),  # resident arguments take the native path
+        (request(out="remote"), "local", 0),
+        (request(op="add"), "local", 0),
+        (request(w="nonsense"), "local", 0),
+    ]:
+        assert settle_narrowed(req, path, handles, pool) is None
+        assert req.args[0].dtype == np.float32
+    assert settle_narrowed(request(w="auto"), "tcp", 0, pool) == "float32"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import _bench, _diagnose, _keys, _precision, _serve, _top
+from . import _bench, _diagnose, _huge_pages, _keys, _precision, _serve, _top
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":  # a command line, not a caller in Python
+        _huge_pages.restart_with_huge_pages()
     code: int = args.func(args)
     return code
 

@@ -34,12 +34,14 @@ from ..channel import (
     take_all,
 )
 from ..codec import (
+    BufferPool,
     HandleRef,
     choose,
     content_digest,
     decode,
     encode_payload,
     first_kind,
+    from_wire,
     peek_meta,
     restore_kind,
     to_numpy,
@@ -70,6 +72,7 @@ TRANSPORTS = ("auto", "zmq")
 _PIPE_SILENT = object()  # no reply over the message pipe in time: resend over zmq
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
 BYE_TIMEOUT = 2.0
+CAST_POOL_IDLE_BYTES = 256 << 20  # recycled wire-cast buffers kept while idle
 
 
 class Client:
@@ -123,6 +126,8 @@ class Client:
         self._sockets: list[zmq.Socket[bytes]] = []
         self._sockets_lock = threading.Lock()
         self._pending = PendingTable()
+        # Wire casts write into recycled buffers: fresh pages cost more than the cast.
+        self._cast_buffers = BufferPool(max_idle_bytes=CAST_POOL_IDLE_BYTES)
         self._dropped: deque[int] = deque()  # handles garbage-collected here, to free there
         self._acks: deque[int] = deque()  # replies received: the server may forget them
         self._outbox: deque[tuple[Pending, list[Any]]] = deque()
@@ -298,6 +303,7 @@ class Client:
             self._sockets.clear()
         self._ctx.term()
         os.close(self._wake)
+        self._cast_buffers.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -524,7 +530,8 @@ class Client:
         """Decode a reply and settle the future it answers (unknown ids are late: dropped)."""
         received = time.perf_counter()
         try:
-            decoded = decode(frames, resolver=self._channel.resolve if self._channel else None)
+            decoded = decode(frames, resolver=self._channel.resolve if self._channel else None,
+                             widener=self._widen)
         except ProtocolError as exc:
             meta = peek_meta(frames[0] if frames else b"")
             item = lookup(meta.get("id"))
@@ -560,9 +567,13 @@ class Client:
         path = "shm" if self._channel is not None else wire_path(self.url)
 
         def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
-            return to_wire(arr, choose(wire, transport_path=path, nbytes=arr.nbytes))
+            return to_wire(arr, choose(wire, transport_path=path, nbytes=arr.nbytes),
+                           pool=self._cast_buffers)
 
         return cast
+
+    def _widen(self, narrow: np.ndarray, original: str) -> np.ndarray:
+        return from_wire(narrow, original, pool=self._cast_buffers)
 
     def _handle(self, ref: Any) -> RemoteTensor:
         if isinstance(ref, RemoteTensor):

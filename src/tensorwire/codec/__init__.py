@@ -12,11 +12,13 @@ from ._message import (
     Encoded,
     Placer,
     Resolver,
+    Widener,
     decode,
     encode,
     encode_payload,
     peek_meta,
 )
+from ._pool import BufferPool
 from ._tensors import first_kind, from_numpy, restore_kind, tensor_kind, to_numpy
 from ._trees import tree_map
 
@@ -24,6 +26,7 @@ __all__ = [
     "EXT_HANDLE",
     "HandleRef",
     "content_digest",
+    "BufferPool",
     "COPIED_PATH",
     "DEFAULT_LIMITS",
     "FRAME_PATH",
@@ -35,6 +38,7 @@ __all__ = [
     "Limits",
     "Placer",
     "Resolver",
+    "Widener",
     "decode",
     "dtype_name",
     "encode",
@@ -51,6 +55,7 @@ __all__ = [
 from ._precision import (
     WIRE_DTYPES_ALLOWED,
     Exact,
+    Narrowed,
     cast_bounds,
     cast_error_bound,
     choose,
@@ -65,6 +70,7 @@ from ._precision import (
 __all__ += [
     "WIRE_DTYPES_ALLOWED",
     "Exact",
+    "Narrowed",
     "cast_bounds",
     "cast_error_bound",
     "choose",

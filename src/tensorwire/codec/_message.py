@@ -22,7 +22,7 @@ from ..errors import ProtocolError, SessionExpired, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
 from ._limits import DEFAULT_LIMITS, Limits
-from ._precision import Exact, from_wire
+from ._precision import Exact, Narrowed, from_wire
 from ._tensors import tensor_kind, to_numpy
 
 PROTOCOL_VERSION = 1
@@ -33,7 +33,10 @@ EXT_COMPLEX = 2
 # (descriptor, path name), or (None, path name) to send a frame and say why.
 Placer = Callable[[np.ndarray], tuple[Any, str]]
 # A caster narrows a tensor for the wire: (array to send, original dtype name or None).
-Caster = Callable[[np.ndarray], tuple[np.ndarray, str | None]]
+# It may be given a Narrowed (a received tensor kept narrow) as well as an array.
+Caster = Callable[[Any], tuple[np.ndarray, str | None]]
+# A widener undoes the cast of a received tensor: (narrow array, original dtype name).
+Widener = Callable[[np.ndarray, str], Any]
 # A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
 Resolver = Callable[[Any, int], tuple[Any, str]]
 # Picks the resolver from the meta (the session a request belongs to); None: frames only.
@@ -111,6 +114,8 @@ def encode_payload(
         cast = caster
         if isinstance(obj, Exact):
             obj, cast = obj.value, None
+        if isinstance(obj, Narrowed):
+            return _encode_tensor(obj if cast is not None else obj.widen(), out, placer, cast)
         if isinstance(obj, np.generic):
             obj = np.asarray(obj)
         if tensor_kind(obj) is None:
@@ -130,7 +135,7 @@ def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = No
 
 
 def _encode_tensor(
-    arr: np.ndarray, out: Encoded, placer: Placer | None, caster: Caster | None
+    arr: Any, out: Encoded, placer: Placer | None, caster: Caster | None
 ) -> msgpack.ExtType:
     original = None
     if caster is not None:
@@ -167,8 +172,12 @@ def decode(
     limits: Limits = DEFAULT_LIMITS,
     resolver: Resolver | None = None,
     resolver_for: ResolverFor | None = None,
+    widener: Widener = from_wire,
 ) -> Decoded:
-    """Decode and validate a message. Every problem is a ProtocolError naming it."""
+    """Decode and validate a message. Every problem is a ProtocolError naming it.
+
+    `widener` turns each tensor narrowed for the wire back into what was sent (a pooled
+    `from_wire`), or into a `Narrowed` placeholder for a receiver that widens later."""
     if not frames:
         raise ProtocolError("empty message")
     if len(frames) > limits.max_frames:
@@ -181,7 +190,7 @@ def decode(
         raise ProtocolError(
             f"header is {header.nbytes} bytes; the limit is {limits.max_header_bytes}"
         )
-    state = _DecodeState(frames, limits, resolver)
+    state = _DecodeState(frames, limits, resolver, widener)
     try:
         meta, payload = _unpack(header, state, resolver_for)
     except (ProtocolError, SessionExpired):  # resolver_for: an unknown session stays one
@@ -242,10 +251,17 @@ def _check_meta(meta: Any) -> dict[str, Any]:
 
 
 class _DecodeState:
-    def __init__(self, frames: Sequence[Any], limits: Limits, resolver: Resolver | None):
+    def __init__(
+        self,
+        frames: Sequence[Any],
+        limits: Limits,
+        resolver: Resolver | None,
+        widener: Widener = from_wire,
+    ) -> None:
         self.frames = frames
         self.limits = limits
         self.resolver = resolver
+        self.widener = widener
         self.used: set[int] = set()
         self.paths: list[str] = []
         self.handles = 0
@@ -265,14 +281,14 @@ class _DecodeState:
             return self.tensor(msgpack.unpackb(data, raw=False))
         raise ProtocolError(f"unknown extension type {code}")
 
-    def tensor(self, ref: Any) -> np.ndarray:
+    def tensor(self, ref: Any) -> Any:
         if not (isinstance(ref, list) and len(ref) in (4, 5)):
             raise ProtocolError("malformed tensor reference")
         name, shape, order, location = ref[:4]
         if len(ref) == 5:  # it was narrowed for the wire: widen it back to what was sent
             narrow = self._tensor(name, shape, order, location)
             self.paths[-1] += f"+{name}"
-            return from_wire(narrow, ref[4])
+            return self.widener(narrow, ref[4])
         return self._tensor(name, shape, order, location)
 
     def _tensor(self, name: Any, shape: Any, order: Any, location: Any) -> np.ndarray:

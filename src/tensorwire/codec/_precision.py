@@ -42,6 +42,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ProtocolError
+from ._pool import BufferPool
 
 WIRE_DTYPES_ALLOWED: Final = ("bfloat16", "float16")
 WIRE_POLICIES: Final = (None, "bfloat16", "float16", "auto")
@@ -112,6 +113,31 @@ def unwrap(x: Any) -> tuple[Any, bool]:
     return x, False
 
 
+@dataclass(frozen=True, slots=True)
+class Narrowed:
+    """A tensor that arrived narrowed and is not widened yet: `value` (bfloat16/float16) was
+    cast from `original` ("float32"/"float64"). A receiver that only moves elements around
+    can keep it narrow (the bits come out the same); `to_wire` sends it on as it is when
+    the reply narrows to the same format, and widens it otherwise."""
+
+    value: np.ndarray
+    original: str
+
+    @classmethod
+    def checked(cls, value: np.ndarray, original: str) -> Narrowed:
+        """A Narrowed from a peer's names, validated as `from_wire` validates them."""
+        _widened_dtype(value, original)
+        return cls(value, original)
+
+    @property
+    def nbytes(self) -> int:
+        """Its size widened: what the sender's wire policy saw."""
+        return self.value.size * _ORIGINALS[self.original].itemsize
+
+    def widen(self, pool: BufferPool | None = None) -> np.ndarray:
+        return from_wire(self.value, self.original, pool=pool)
+
+
 def castable(arr: Any) -> bool:
     """Whether `to_wire` would cast `arr`: a float32 or float64 numpy array, not marked exact."""
     return isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8)
@@ -122,18 +148,29 @@ def castable(arr: Any) -> bool:
 
 
 def to_wire(
-    arr: Any, wire: str | None, *, backend: str = "auto", out: np.ndarray | None = None
+    arr: Any,
+    wire: str | None,
+    *,
+    backend: str = "auto",
+    out: np.ndarray | None = None,
+    pool: BufferPool | None = None,
 ) -> tuple[Any, str | None]:
     """(arr cast to `wire`, the original dtype's name), or (arr, None) when it is not cast:
     `wire` is None, or arr is not a float32/float64 ndarray, or it is `Exact` (unwrapped).
     `wire` must be "bfloat16", "float16" or None ("auto" is resolved by `choose` first).
     The result is C-contiguous, or F-contiguous when arr is; arr is never modified.
+    A `Narrowed` arr already in `wire`'s format goes as it is; otherwise it is widened first.
 
-    `out`: a writable array of arr's shape and the wire dtype to write into (a pooled buffer:
-    at 100 MB a fresh output's page faults and zeroing cost more than the cast itself);
-    ignored when arr is not cast. `backend`: "auto" | "torch" | "ml_dtypes" | "numpy"."""
+    `out`: a writable array of arr's shape and the wire dtype to write into; `pool`: where
+    to get that array when `out` is None (at 100 MB a fresh output's page faults and zeroing
+    cost more than the cast itself). Both are ignored when arr is not cast.
+    `backend`: "auto" | "torch" | "ml_dtypes" | "numpy"."""
     if isinstance(arr, Exact):
         return arr.value, None
+    if isinstance(arr, Narrowed):
+        if wire is not None and arr.value.dtype == _WIRE_NP.get(wire):
+            return arr.value, arr.original
+        arr = arr.widen(pool)
     if wire is None:
         return arr, None
     if wire not in _WIRE_NP:
@@ -148,18 +185,27 @@ def to_wire(
         src = _f64_to_f32_round_to_odd(src)
     target = _WIRE_NP[wire]
     _check_out(out, src.shape, target)
-    res = _torch_cast(src, target, backend, out)
-    if res is None:
-        res = _numpy_cast(src, target, out)
-    return res, original
+    return _cast(src, target, backend, out, pool), original
 
 
 def from_wire(
-    arr: np.ndarray, original: str, *, backend: str = "auto", out: np.ndarray | None = None
+    arr: np.ndarray,
+    original: str,
+    *,
+    backend: str = "auto",
+    out: np.ndarray | None = None,
+    pool: BufferPool | None = None,
 ) -> np.ndarray:
     """Undo `to_wire`: a bfloat16/float16 array back to `original` ("float32"/"float64").
     Exact (a widening). ProtocolError for any other pair: the names come from a peer.
-    `out`: as for `to_wire` (arr's shape, the original dtype). arr may be read-only."""
+    `out`, `pool`: as for `to_wire` (arr's shape, the original dtype). arr may be read-only."""
+    target = _widened_dtype(arr, original)
+    _check_backend(backend)
+    _check_out(out, arr.shape, target)
+    return _cast(arr, target, backend, out, pool)
+
+
+def _widened_dtype(arr: Any, original: Any) -> np.dtype[Any]:
     target = _ORIGINALS.get(original) if isinstance(original, str) else None
     if target is None:
         raise ProtocolError(
@@ -168,12 +214,7 @@ def from_wire(
     if not isinstance(arr, np.ndarray) or arr.dtype not in (_BF16, _F16):
         got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
         raise ProtocolError(f"a tensor cast for the wire must be bfloat16 or float16, got {got}")
-    _check_backend(backend)
-    _check_out(out, arr.shape, target)
-    res = _torch_cast(arr, target, backend, out)
-    if res is None:
-        res = _numpy_cast(arr, target, out)
-    return res
+    return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +313,20 @@ def _check_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) 
         raise ValueError("out must be writable")
 
 
+def _cast(
+    src: np.ndarray,
+    target: np.dtype[Any],
+    backend: str,
+    out: np.ndarray | None,
+    pool: BufferPool | None,
+) -> np.ndarray:
+    if out is None and pool is not None:
+        fortran = src.flags.f_contiguous and not src.flags.c_contiguous
+        out = pool.empty(src.shape, target, order="F" if fortran else "C")
+    res = _torch_cast(src, target, backend, out)
+    return _numpy_cast(src, target, out) if res is None else res
+
+
 def _numpy_cast(src: np.ndarray, target: np.dtype, out: np.ndarray | None) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         if out is None:
@@ -361,6 +416,7 @@ __all__ = [
     "AUTO_WIRE",
     "WIRE_DTYPES_ALLOWED",
     "Exact",
+    "Narrowed",
     "cast_bounds",
     "cast_error_bound",
     "castable",

@@ -21,8 +21,10 @@ import zmq
 from ..channel import DEFAULT_DIRECTORY, ChannelError, ServerChannel, pack_message
 from ..codec import (
     DEFAULT_LIMITS,
+    BufferPool,
     Caster,
     Limits,
+    Narrowed,
     choose,
     decode,
     encode,
@@ -39,6 +41,7 @@ from ._metrics import Metrics, Observation
 from ._replies import TOO_LARGE
 from ._resident import Quotas
 from ._sessions import Session, Sessions
+from ._wire import mark_narrowed, settle_narrowed
 from .ops import OpRegistry, default_registry, make_backend
 
 log = logging.getLogger("tensorwire.server")
@@ -100,6 +103,7 @@ class ServerCore:
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
         self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
+        self._cast_buffers = BufferPool()  # wire casts write into recycled pages
         self.metrics = Metrics()
         self.handler.metrics = self.metrics  # the "stats" request reads it
         self.sessions.on_end = self.metrics.forget_client
@@ -235,7 +239,8 @@ class ServerCore:
             channel = found[0].channel if found[0] is not None else None
             return channel.resolve if channel is not None else None
 
-        decoded = decode(item.frames, self.limits, resolver_for=resolver_for)
+        decoded = decode(item.frames, self.limits, resolver_for=resolver_for,
+                         widener=Narrowed.checked)
         request = parse_request(decoded.meta, decoded.payload)
         obs.rid, obs.kind, obs.op = request.rid, request.kind, request.op
         obs.bytes_in = decoded.nbytes
@@ -247,16 +252,20 @@ class ServerCore:
             if cached is not None:  # a retry: answer again, never run twice
                 return _from_cache(request.rid, cached)
             _released(session, decoded.meta)
+        channel = session.channel if session is not None else None
+        path = "shm" if channel is not None or item.sock is None else self._wire_paths[item.sock]
+        narrow = settle_narrowed(request, path, decoded.handles, self._cast_buffers)
         deserialized = time.perf_counter()
         if request.kind == "hello":
             request.meta["user"] = _user(item)  # the session belongs to this identity
         result, compute = self.handler.handle(request, session, decoded.handles)
+        if narrow is not None:
+            result = mark_narrowed(result, narrow)
         device = self.handler.backend.take_timings()  # {} on CPU; fences this request's copies
         encoded_at = time.perf_counter()
-        channel = session.channel if session is not None else None
         placer = channel.place if channel is not None and request.kind != "hello" else None
-        path = "shm" if channel is not None or item.sock is None else self._wire_paths[item.sock]
-        encoded = encode_payload(result, placer, _caster(decoded.meta.get("w"), path))
+        caster = _caster(decoded.meta.get("w"), path, self._cast_buffers)
+        encoded = encode_payload(result, placer, caster)
         done = time.perf_counter()
         obs.stages = server_stages(
             started - item.arrived, deserialized - started, compute, done - encoded_at
@@ -343,7 +352,7 @@ def _user(item: _Incoming) -> str | None:
     return user if isinstance(user, str) else None
 
 
-def _caster(wire: Any, path: str) -> Caster | None:
+def _caster(wire: Any, path: str, pool: BufferPool) -> Caster | None:
     """Narrow results the way the client narrowed its request (its wire policy)."""
     if wire is None:
         return None
@@ -351,8 +360,9 @@ def _caster(wire: Any, path: str) -> Caster | None:
     if policy is None:
         raise ProtocolError(f"unknown wire dtype {wire!r}")
 
-    def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
-        return to_wire(arr, choose(policy, transport_path=path, nbytes=arr.nbytes))
+    def cast(arr: Any) -> tuple[np.ndarray, str | None]:
+        wire = choose(policy, transport_path=path, nbytes=arr.nbytes)
+        return to_wire(arr, wire, pool=pool)
 
     return cast
 

@@ -1,0 +1,71 @@
+"""Wire casts on the server: widen what arrived narrowed, unless the op only moves elements.
+
+The codec hands the server narrowed tensors as `Narrowed` placeholders. Most ops get them
+widened (into recycled buffers) and compute in the original dtype. An op that only moves
+elements around gives the same bits in either width, so when the reply would be narrowed to
+the same format anyway, its arguments stay narrow: that saves a widening and a narrowing of
+every byte (about 17 ms per 100 MB identity round trip on the 2-vCPU VM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..codec import BufferPool, Narrowed, choose, dtype_name, tree_map, validate_wire_dtype
+from ._handlers import Request
+
+# Results are input elements, moved or copied, never computed.
+ELEMENT_MOVING_OPS = frozenset({"identity", "reshape", "transpose", "permute", "concat"})
+
+
+def _narrowed(value: Any) -> bool:
+    return isinstance(value, Narrowed)
+
+
+def _tensor(value: Any) -> bool:
+    return isinstance(value, Narrowed | np.ndarray)
+
+
+def settle_narrowed(request: Request, path: str, handles: int, pool: BufferPool) -> str | None:
+    """Widen the request's narrowed arguments in place; or, where they may stay narrow
+    (`_stays_narrow`), unwrap them and return the original dtype name to mark the results."""
+    tensors: list[Any] = []
+    tree_map(tensors.append, [request.args, request.kwargs], _tensor)
+    narrowed = [t for t in tensors if isinstance(t, Narrowed)]
+    if not narrowed:
+        return None
+    keep = handles == 0 and len(narrowed) == len(tensors) and _stays_narrow(request, path, narrowed)
+
+    def settle(n: Narrowed) -> Any:
+        return n.value if keep else n.widen(pool)
+
+    request.args = tree_map(settle, request.args, _narrowed)
+    request.kwargs = tree_map(settle, request.kwargs, _narrowed)
+    return narrowed[0].original if keep else None
+
+
+def mark_narrowed(result: Any, original: str) -> Any:
+    """Results computed on narrow arguments, marked with the dtype the client sent."""
+    return tree_map(lambda r: Narrowed(r, original), result, lambda v: isinstance(v, np.ndarray))
+
+
+def _stays_narrow(request: Request, path: str, narrowed: list[Narrowed]) -> bool:
+    """An element-moving call, returned as frames, all arguments narrowed alike, and a reply
+    policy that narrows them again to the same format."""
+    if request.kind != "call" or request.op not in ELEMENT_MOVING_OPS:
+        return False
+    if "out" in request.meta or path == "shm":
+        return False
+    formats = {(n.value.dtype, n.original) for n in narrowed}
+    if len(formats) != 1:
+        return False
+    wire = request.meta.get("w")
+    try:
+        policy = validate_wire_dtype(wire)
+    except ValueError:
+        return False  # the reply encoder names the bad policy
+    smallest = min(n.nbytes for n in narrowed)
+    wire_format = dtype_name(narrowed[0].value.dtype)
+    return choose(policy, transport_path=path, nbytes=smallest) == wire_format
