@@ -151,8 +151,8 @@ def endpoint(transport: str, tmpdir: str, name: str) -> str:
     raise ValueError(f"unknown transport {transport!r}")
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     parts = [str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -167,16 +167,17 @@ def _drain(stream: Any, sink: list[str]) -> None:
 
 @contextlib.contextmanager
 def child_server(
-    argv: list[str], ready: str, timeout: float = 30.0
+    argv: list[str], ready: str, timeout: float = 30.0, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start `argv`, wait for a stdout line matching regex `ready` whose group 1 is the URL it
-    listens on, yield (process, url); always terminate (SIGTERM, then SIGKILL) and reap it."""
+    """Start `argv` (with `env` added to ours), wait for a stdout line matching regex `ready`
+    whose group 1 is the URL it listens on, yield (process, url); always terminate (SIGTERM,
+    then SIGKILL) and reap it."""
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=child_env(),
+        env=child_env(env),
         start_new_session=True,
     )
     seen: list[str] = []

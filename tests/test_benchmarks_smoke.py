@@ -146,3 +146,19 @@ def test_wire_quick(tmp_path: Path) -> None:
         assert shm["casts"] == {"none": False, "auto": False}
     assert len(report["targets"]) == WIRE_TARGETS
     assert {t["status"] for t in report["targets"]} <= {"PASS", "FAIL", "info"}
+
+
+@pytest.mark.timeout(90)
+def test_huge_pages_quick(tmp_path: Path) -> None:
+    out = tmp_path / "huge.json"
+    proc = _run("huge_pages.py", "--size", "4MB", "--reps", "2", "--rounds", "1",
+                "--json", str(out), timeout=80)  # fmt: skip
+    assert "glibc huge pages" in proc.stdout
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert set(rows) == {f"client_{c}+server_{s}" for c in ("huge", "plain")
+                         for s in ("huge", "plain")}  # fmt: skip
+    for row in rows.values():
+        _positive_median(row["stats"])
+    assert rows["client_plain+server_plain"]["speedup"] == pytest.approx(1.0)
+    assert report["server_glibc_tunables"]["server_plain"] == ""
