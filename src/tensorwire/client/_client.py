@@ -72,7 +72,6 @@ TRANSPORTS = ("auto", "zmq")
 _PIPE_SILENT = object()  # no reply over the message pipe in time: resend over zmq
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
 BYE_TIMEOUT = 2.0
-CAST_POOL_IDLE_BYTES = 256 << 20  # recycled wire-cast buffers kept while idle
 
 
 class Client:
@@ -127,7 +126,7 @@ class Client:
         self._sockets_lock = threading.Lock()
         self._pending = PendingTable()
         # Wire casts write into recycled buffers: fresh pages cost more than the cast.
-        self._cast_buffers = BufferPool(max_idle_bytes=CAST_POOL_IDLE_BYTES)
+        self._cast_buffers = BufferPool()
         self._dropped: deque[int] = deque()  # handles garbage-collected here, to free there
         self._acks: deque[int] = deque()  # replies received: the server may forget them
         self._outbox: deque[tuple[Pending, list[Any]]] = deque()

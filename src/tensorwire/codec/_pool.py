@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 MIN_POOLED_BYTES = 1 << 20
-DEFAULT_IDLE_BYTES = 512 << 20
+DEFAULT_IDLE_BYTES = 256 << 20  # per pool: one client, or one server
 
 
 class _Lease:

@@ -171,6 +171,7 @@ class ServerCore:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        self._cast_buffers.clear()
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(DRAIN_BATCH):
