@@ -38,8 +38,8 @@ def wanted(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
 
 def restart_with_huge_pages() -> None:
     """Exec this same command line again with the tunable set; returns when not `wanted`."""
-    if not wanted():
-        return
+    if not wanted() or not sys.executable or not sys.orig_argv:
+        return  # an embedded interpreter cannot be started again
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, TUNABLE) if t))
     sys.stdout.flush()
