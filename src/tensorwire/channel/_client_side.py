@@ -156,13 +156,18 @@ class ClientChannel:
 
 
 def take_all(queue: deque[int]) -> list[int]:
-    """Empty a deque that other threads append to and drain concurrently."""
+    """Empty a deque that other threads append to and drain concurrently.
+
+    Takes what was there on entry (later arrivals wait for the next call), so the usual
+    case raises no IndexError to end the loop.
+    """
     out: list[int] = []
-    while True:
+    for _ in range(len(queue)):
         try:
             out.append(queue.popleft())
         except IndexError:  # not `while queue`: another thread may take the last one first
-            return out
+            break
+    return out
 
 
 def _free_quietly(arena: Arena, offset: int) -> None:

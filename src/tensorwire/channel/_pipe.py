@@ -13,6 +13,7 @@ never waits on a half-written message from a live peer.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import select
@@ -31,6 +32,9 @@ from ._host import pid_alive
 
 MAX_PIPE_MESSAGE = 1 << 20  # bytes; larger messages go through ZeroMQ
 MAX_PIPE_FRAMES = 64
+# Bytes asked for per read: below malloc's mmap threshold, so a read costs no fresh 1 MiB
+# mapping (and its page faults) when the message is small, as most are.
+READ_CHUNK = 64 << 10
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PREFIX = "tensorwire-pipe-"
 # The creator's pid is part of the name, so a restarted server can sweep what a dead one left.
@@ -39,19 +43,29 @@ TO_SERVER, TO_CLIENT = "c2s", "s2c"
 _COUNT = struct.Struct("<I")
 
 
+@functools.cache
+def _sizes(count: int) -> struct.Struct:
+    """The frame-size table of a `count`-frame message (compiled once per count)."""
+    return struct.Struct(f"<{count}I")
+
+
+def _pack(frames: Sequence[Any], sizes: list[int]) -> bytes:
+    return b"".join([_COUNT.pack(len(sizes)), _sizes(len(sizes)).pack(*sizes), *frames])
+
+
 def pack_message(frames: Sequence[Any]) -> bytes:
     """The frames as one framed pipe message."""
-    sizes = [memoryview(f).nbytes for f in frames]
-    return b"".join([struct.pack(f"<I{len(sizes)}I", len(sizes), *sizes), *frames])
+    return _pack(frames, [memoryview(f).nbytes for f in frames])
 
 
 def small_message(frames: Sequence[Any]) -> bytes | None:
     """A pipe message for a request small enough for the pipe, else None (use ZeroMQ)."""
     if len(frames) > MAX_PIPE_FRAMES:
         return None
-    if sum(memoryview(f).nbytes for f in frames) + 4 * (len(frames) + 1) > MAX_PIPE_MESSAGE:
+    sizes = [memoryview(f).nbytes for f in frames]
+    if sum(sizes) + 4 * (len(frames) + 1) > MAX_PIPE_MESSAGE:
         return None
-    return pack_message(frames)
+    return _pack(frames, sizes)
 
 
 class MessageReader:
@@ -65,7 +79,7 @@ class MessageReader:
     def read_available(self) -> None:
         while True:
             try:
-                chunk = os.read(self.fd, MAX_PIPE_MESSAGE)
+                chunk = os.read(self.fd, READ_CHUNK)
             except BlockingIOError:
                 return
             if not chunk:
@@ -73,6 +87,11 @@ class MessageReader:
             self._buf += chunk
             if len(self._buf) > 2 * self.max_message:
                 raise ProtocolError("peer wrote more than it may have in flight on its pipe")
+            if len(chunk) < READ_CHUNK:
+                # A pipe read comes back short only once the pipe is empty: skip the read
+                # that would fail (an exception per message). Callers poll level-triggered,
+                # so bytes written after this are seen on their next wait.
+                return
 
     def messages(self) -> Iterator[list[memoryview]]:
         while True:
@@ -90,14 +109,17 @@ class MessageReader:
         head = 4 + 4 * count
         if len(self._buf) < head:
             return None
-        sizes = struct.unpack_from(f"<{count}I", self._buf, 4)
+        sizes = _sizes(count).unpack_from(self._buf, 4)
         total = head + sum(sizes)
         if total > self.max_message:
             raise ProtocolError(f"pipe message of {total} bytes exceeds {self.max_message}")
         if len(self._buf) < total:
             return None
-        body = memoryview(bytearray(self._buf[head:total]))  # writable, owned by the message
-        del self._buf[:total]
+        if len(self._buf) == total:  # the usual case, one whole message: hand the buffer over
+            body, self._buf = memoryview(self._buf)[head:], bytearray()
+        else:
+            body = memoryview(self._buf[head:total])  # a copy: writable, owned by the message
+            del self._buf[:total]
         frames, at = [], 0
         for size in sizes:
             frames.append(body[at : at + size])
@@ -194,7 +216,13 @@ class MessagePipe:
         A message that was only partly written leaves the stream unframed: the
         caller must stop using the pipe after an error.
         """
-        view, deadline = memoryview(message), time.monotonic() + timeout
+        try:  # the usual case: the pipe has room, one write
+            written = os.write(self.send_fd, message)
+        except BlockingIOError:
+            written = 0
+        if written == len(message):
+            return
+        view, deadline = memoryview(message)[written:], time.monotonic() + timeout
         while view.nbytes:
             try:
                 view = view[os.write(self.send_fd, view) :]

@@ -105,6 +105,8 @@ def encode_payload(
     out = Encoded()
 
     def default(obj: Any) -> Any:
+        if type(obj) is np.ndarray:  # the usual tensor: skip the checks below
+            return _encode_tensor(obj, out, placer, caster)
         if isinstance(obj, complex):
             return msgpack.ExtType(EXT_COMPLEX, _pack_inner([obj.real, obj.imag]))
         if isinstance(obj, HandleRef):
@@ -197,8 +199,8 @@ def decode(
         raise
     except Exception as exc:  # msgpack raises many types for malformed input
         raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
-    unused = set(range(1, len(frames))) - state.used
-    if unused:
+    if len(state.used) != len(frames) - 1:  # each use was checked to be a distinct frame
+        unused = set(range(1, len(frames))) - state.used
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
     return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles,
                    nbytes=state.nbytes)

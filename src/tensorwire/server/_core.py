@@ -23,6 +23,7 @@ from ..codec import (
     DEFAULT_LIMITS,
     BufferPool,
     Caster,
+    Decoded,
     Limits,
     Narrowed,
     choose,
@@ -38,7 +39,7 @@ from ..trace import server_stages
 from ..transport import ServerAuth, Transport, get_transport, server_socket, wire_path
 from ._handlers import Handler, error_meta, parse_request
 from ._metrics import Metrics, Observation
-from ._replies import TOO_LARGE
+from ._replies import TOO_LARGE, ReplyCache
 from ._resident import Quotas
 from ._sessions import Session, Sessions
 from ._wire import mark_narrowed, settle_narrowed
@@ -100,6 +101,7 @@ class ServerCore:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socks: list[zmq.Socket[bytes]] = []
         self._wire_paths: dict[zmq.Socket[bytes], str] = {}  # per socket, for wire precision
+        self._zap_socks: set[zmq.Socket[bytes]] = set()  # the only ones whose peers have keys
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
         self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
@@ -118,6 +120,7 @@ class ServerCore:
                 sock = server_socket(self._ctx, self.limits.max_message_bytes)
                 if self._auth is not None and transport.scheme == "tcp":
                     self._auth.apply(sock)
+                    self._zap_socks.add(sock)
                 self._socks.append(sock)
                 self.urls.append(transport.bind(sock, url))
                 self._wire_paths[sock] = wire_path(self.urls[-1])
@@ -163,6 +166,7 @@ class ServerCore:
         for sock in self._socks:
             sock.close(linger=0)
         self._socks.clear()
+        self._zap_socks.clear()
         for (transport, _), url in zip(self._transports, self.urls, strict=False):
             transport.unbind_cleanup(url)
         if self._auth is not None:
@@ -219,8 +223,9 @@ class ServerCore:
         self._release_slot(item)
         started = time.perf_counter()
         obs = Observation("?", "", "-", True, "", [0.0] * 4, 0, 0)
+        keep: tuple[ReplyCache, int] | None = None
         try:
-            frames = self._execute(item, started, obs)
+            frames, keep = self._execute(item, started, obs)
         except Exception as exc:  # every failure becomes this caller's error reply
             frames = self._failure(item, exc, obs)
         finally:
@@ -228,37 +233,33 @@ class ServerCore:
             if channel is not None:
                 channel.end_request()  # arena blocks kernels got but the reply did not use
         self._reply(item, frames)
-        obs.bytes_in += sum(memoryview(f).nbytes for f in item.frames[:1])
-        obs.bytes_out += sum(memoryview(f).nbytes for f in frames[:1])  # the header, as for in
+        if keep is not None:  # for a retry; kept only now, while the client reads the reply
+            keep[0].put(keep[1], frames)  # (one thread serves: no request can come between)
+        obs.bytes_in += _header_bytes(item.frames)
+        obs.bytes_out += _header_bytes(frames)  # the header, as for in
         self.metrics.observe(obs)
 
-    def _execute(self, item: _Incoming, started: float, obs: Observation) -> list[Any]:
-        found: list[Session | None] = []  # the session, looked up once while decoding
-
-        def resolver_for(meta: dict[str, Any]) -> Any:
-            found.append(self._session_of(item, meta))
-            channel = found[0].channel if found[0] is not None else None
-            return channel.resolve if channel is not None else None
-
-        decoded = decode(item.frames, self.limits, resolver_for=resolver_for,
-                         widener=Narrowed.checked)
+    def _execute(
+        self, item: _Incoming, started: float, obs: Observation
+    ) -> tuple[list[Any], tuple[ReplyCache, int] | None]:
+        """The reply frames, and the reply cache to keep them in (by request id)."""
+        decoded, session = self._decode(item)
         request = parse_request(decoded.meta, decoded.payload)
         obs.rid, obs.kind, obs.op = request.rid, request.kind, request.op
         obs.bytes_in = decoded.nbytes
-        session = found[0]
         if session is not None:
             self._reply_channel = session.channel
             obs.client = session.sid
             cached = session.replies.get(request.rid)
             if cached is not None:  # a retry: answer again, never run twice
-                return _from_cache(request.rid, cached)
+                return _from_cache(request.rid, cached), None
             _released(session, decoded.meta)
         channel = session.channel if session is not None else None
         path = "shm" if channel is not None or item.sock is None else self._wire_paths[item.sock]
         narrow = settle_narrowed(request, path, decoded.handles, self._cast_buffers)
         deserialized = time.perf_counter()
         if request.kind == "hello":
-            request.meta["user"] = _user(item)  # the session belongs to this identity
+            request.meta["user"] = self._user(item)  # the session belongs to this identity
         result, compute = self.handler.handle(request, session, decoded.handles)
         if narrow is not None:
             result = mark_narrowed(result, narrow)
@@ -282,17 +283,47 @@ class ServerCore:
             reply["rp"] = encoded.paths  # why a tensor fell back: the client cannot tell
         frames = encoded.frames(reply)
         if session is not None and request.kind not in ("hello", "bye"):
-            session.replies.put(request.rid, frames)
-        return frames
+            return frames, (session.replies, request.rid)
+        return frames, None
+
+    def _decode(self, item: _Incoming) -> tuple[Decoded, Session | None]:
+        """The request and the session it names (checked to be the sender's)."""
+        # Fast path: a pipe message can only be for its own session's arena, and a small
+        # zmq request has its tensors in frames; either decodes in one msgpack call. Its
+        # session is checked right after; anything else is decoded again, the careful way,
+        # so a bad request gets the very error it always got.
+        channel = item.session.channel if item.session is not None else None
+        try:
+            decoded = decode(item.frames, self.limits,
+                             resolver=channel.resolve if channel is not None else None,
+                             widener=Narrowed.checked)
+        except ProtocolError:
+            pass
+        else:
+            return decoded, self._session_of(item, decoded.meta)
+        found: list[Session | None] = []  # the session, looked up once while decoding
+
+        def resolver_for(meta: dict[str, Any]) -> Any:
+            found.append(self._session_of(item, meta))
+            channel = found[0].channel if found[0] is not None else None
+            return channel.resolve if channel is not None else None
+
+        decoded = decode(item.frames, self.limits, resolver_for=resolver_for,
+                         widener=Narrowed.checked)
+        return decoded, found[0]
 
     def _session_of(self, item: _Incoming, meta: dict[str, Any]) -> Session | None:
         session = self.sessions.get(meta)
         # Someone else's session id gets exactly the answer an unknown one gets.
         foreign_pipe = item.session is not None and session is not item.session
         if foreign_pipe or (session is not None and item.sock is not None
-                            and session.user != _user(item)):
+                            and session.user != self._user(item)):
             raise SessionExpired("unknown or expired session; reconnect")
         return session
+
+    def _user(self, item: _Incoming) -> str | None:
+        # Without ZAP there is no User-Id: asking would raise (and catch) a ZMQError.
+        return _user(item) if item.sock in self._zap_socks else None
 
     def _failure(self, item: _Incoming, exc: Exception, obs: Observation) -> list[Any]:
         rid = obs.rid
@@ -374,6 +405,10 @@ def _connection(item: _Incoming) -> Any:
         return item.session.sid
     # The routing id by value: zmq.Frame objects hash by identity, one per message.
     return bytes(item.ident.buffer) if isinstance(item.ident, zmq.Frame) else item.ident
+
+
+def _header_bytes(frames: list[Any]) -> int:
+    return memoryview(frames[0]).nbytes if frames else 0
 
 
 def _from_cache(rid: int, cached: Any) -> list[Any]:

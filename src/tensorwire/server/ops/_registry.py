@@ -164,7 +164,7 @@ class OpRegistry:
 
 def _bind(entry: _Entry, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Raise OpArgumentError unless args/kwargs fit the op's signature."""
-    if not all(isinstance(k, str) for k in kwargs):
+    if kwargs and not all(isinstance(k, str) for k in kwargs):
         raise OpArgumentError(f"op {entry.name!r}: keyword names must be strings")
     # Whether a call binds depends only on how many positionals and which keywords it
     # has, so each such shape is checked with inspect (slow) once per op.

@@ -188,8 +188,10 @@ class TorchBackend(Backend):
     def to_wire(self, value: Any) -> np.ndarray:
         if not isinstance(value, torch.Tensor):
             return contiguous(np.asarray(value))
-        t = value.detach()
-        if t.device.type != "cpu":
+        # Per-request path: is_cpu and a detach only when needed cost less than a device
+        # object and a new tensor every time.
+        t = value.detach() if value.requires_grad else value
+        if not t.is_cpu:
             return self._to_host(t)
         t = t.resolve_conj().resolve_neg()
         return contiguous(_host_numpy(t))
