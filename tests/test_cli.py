@@ -59,8 +59,9 @@ def test_serve_prints_listening_line_and_exits_0_on_signal(transport, sig, tmp_p
         (["--listen", "tcp://127.0.0.1:0", "--backend", "bogus"], "invalid choice: 'bogus'"),
         (["--listen", "tcp://127.0.0.1:0"], "--insecure"),
         (["--listen", "tcp://127.0.0.1:0", "--auth-dir", "/nonexistent"], "no server keypair"),
+        (["--listen", "ipc:///tmp/tw-spin.sock", "--spin-us", "-1"], "spin_us must be between"),
     ],
-    ids=["bad-url", "bad-backend", "tcp-without-keys", "missing-keys"],
+    ids=["bad-url", "bad-backend", "tcp-without-keys", "missing-keys", "bad-spin"],
 )
 def test_serve_refuses_bad_arguments_with_exit_2(args, needle):
     out = _run("serve", *args)

@@ -122,6 +122,22 @@ def test_same_host_auto_negotiates_shm(listen: str, tmp_path: Path) -> None:
         assert paths(gpu) == (["shm", "shm"], ["shm(direct)"])
 
 
+@pytest.mark.parametrize("spin_us", [0, 50, 200])
+def test_pipe_calls_with_and_without_spinning(server: ServerProcess, spin_us: int) -> None:
+    with tw.Client(server.url, spin_us=spin_us) as gpu:
+        for i in range(20):
+            assert gpu.call("add", i, 1) == i + 1
+        assert gpu.last_trace["paths"]["message"] == "pipe"
+
+
+@pytest.mark.parametrize("spin_us", [-1, True, "200", 1e9, float("nan")])
+def test_bad_spin_budgets_are_refused(spin_us: object) -> None:
+    with pytest.raises(ValueError, match="spin_us"):
+        tw.Client("ipc:///nonexistent/tw.sock", spin_us=spin_us)
+    with pytest.raises(ValueError, match="spin_us"):
+        tw.Server(spin_us=spin_us)
+
+
 def test_transport_zmq_turns_shm_off(server: ServerProcess) -> None:
     with tw.Client(server.url, transport="zmq") as gpu:
         assert gpu.path == "zmq"

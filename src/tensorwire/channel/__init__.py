@@ -25,7 +25,7 @@ from ._client_side import ClientChannel, take_all
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
-from ._pipe import MessagePipe, pack_message, small_message
+from ._pipe import DEFAULT_SPIN_US, MessagePipe, pack_message, small_message, spin_seconds
 from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY, copy_into
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
 from ._server_side import ServerChannel
@@ -34,6 +34,7 @@ __all__ = [
     "ALIGNMENT",
     "DEFAULT_DIRECTORY",
     "DEFAULT_PREFIX",
+    "DEFAULT_SPIN_US",
     "Arena",
     "ChannelError",
     "ClientChannel",
@@ -51,6 +52,7 @@ __all__ = [
     "pack_message",
     "pid_alive",
     "small_message",
+    "spin_seconds",
     "sweep_stale",
     "take_all",
 ]

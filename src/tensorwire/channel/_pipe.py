@@ -8,6 +8,12 @@ crosses the pipe is the header plus small inline tensors.
 Framing: u32 frame count, u32 length per frame, then the frames' bytes. A
 message is written with one write() into a pipe sized to hold it, so a reader
 never waits on a half-written message from a live peer.
+
+Spinning: a process that sleeps in select() gives its CPU back, and on these VMs
+the CPU halts; waking it and refilling its caches made each small call cost about
+three times its warm work (BENCHMARKS.md). So a waiter first polls for up to
+`spin_us` microseconds (client: for its reply; server: after each request, for
+the next one), and only then sleeps. That spends at most that much CPU per call.
 """
 
 from __future__ import annotations
@@ -40,7 +46,18 @@ _PREFIX = "tensorwire-pipe-"
 # The creator's pid is part of the name, so a restarted server can sweep what a dead one left.
 _NAME_RE = re.compile(re.escape(_PREFIX) + r"([0-9]{1,10})-[A-Za-z0-9_]{1,32}")
 TO_SERVER, TO_CLIENT = "c2s", "s2c"
+DEFAULT_SPIN_US = 200  # covers a warm turnaround on both sides of a 1 KB call here
+MAX_SPIN_US = 100_000
 _COUNT = struct.Struct("<I")
+
+
+def spin_seconds(spin_us: object) -> float:
+    """Validate a spin budget given in microseconds; seconds."""
+    if isinstance(spin_us, bool) or not isinstance(spin_us, int | float):
+        raise ValueError(f"spin_us must be a number of microseconds, got {spin_us!r}")
+    if not 0 <= spin_us <= MAX_SPIN_US:
+        raise ValueError(f"spin_us must be between 0 and {MAX_SPIN_US}, got {spin_us!r}")
+    return float(spin_us) * 1e-6
 
 
 @functools.cache
@@ -232,8 +249,15 @@ class MessagePipe:
                     raise ChannelError("the peer is not reading its message pipe") from None
                 select.select([], [self.send_fd], [], remaining)
 
-    def wait_readable(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.recv_fd], [], [], max(timeout, 0.0))
+    def wait_readable(self, timeout: float, spin: float = 0.0) -> bool:
+        """Whether a message arrived within `timeout` seconds, polling the first `spin`."""
+        fds = [self.recv_fd]
+        if spin > 0:
+            until = time.perf_counter() + min(spin, timeout)
+            while time.perf_counter() < until:
+                if select.select(fds, [], [], 0)[0]:
+                    return True
+        ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
         return bool(ready)
 
     def close(self) -> None:

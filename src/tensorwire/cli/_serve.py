@@ -7,6 +7,7 @@ import signal
 import sys
 from types import FrameType
 
+from ..channel import DEFAULT_SPIN_US
 from ..errors import TensorwireError
 from ..server import Quotas, ServerCore
 from ..server._metrics_http import MetricsServer, serve_metrics
@@ -74,6 +75,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="requests queued per connection",
     )
     p.add_argument(
+        "--spin-us",
+        type=float,
+        default=DEFAULT_SPIN_US,
+        metavar="US",
+        help="after each request, poll this long for the next before sleeping "
+        "(CPU for latency; 0 turns it off)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         metavar="N",
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             auth_dir=args.auth_dir,
             insecure=args.insecure,
             quotas=Quotas(args.quota_resident_bytes, args.quota_handles, args.quota_inflight),
+            spin_us=args.spin_us,
         )
         urls = core.bind()
     except (TensorwireError, ValueError, RuntimeError) as exc:

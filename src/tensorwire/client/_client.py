@@ -26,11 +26,13 @@ import numpy as np
 import zmq
 
 from ..channel import (
+    DEFAULT_SPIN_US,
     ChannelError,
     ClientChannel,
     copy_into,
     host_token,
     small_message,
+    spin_seconds,
     take_all,
 )
 from ..codec import (
@@ -90,6 +92,7 @@ class Client:
         auth_dir: str | None = None,
         key_name: str = "client",
         retries: int = 2,
+        spin_us: float = DEFAULT_SPIN_US,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
@@ -109,6 +112,7 @@ class Client:
         if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         self.retries = retries
+        self._spin = spin_seconds(spin_us)  # polling for a pipe reply before sleeping
         self._channel: ClientChannel | None = None
         self._session: str | None = None
         self.shm_reason = "transport='zmq' was asked for" if transport == "zmq" else ""
@@ -442,7 +446,7 @@ class Client:
         item.carrier = "pipe"
         lookup = {item.rid: item}.get
         while not item.done:
-            if not pipe.wait_readable(until - time.monotonic()):
+            if not pipe.wait_readable(until - time.monotonic(), self._spin):
                 channel.drop_pipe()  # the server may be gone (restarted): zmq finds out
                 return _PIPE_SILENT
             pipe.reader.read_available()

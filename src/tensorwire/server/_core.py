@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..channel import DEFAULT_DIRECTORY, ChannelError, ServerChannel, pack_message
+from ..channel import (
+    DEFAULT_DIRECTORY,
+    DEFAULT_SPIN_US,
+    ChannelError,
+    ServerChannel,
+    pack_message,
+    spin_seconds,
+)
 from ..codec import (
     DEFAULT_LIMITS,
     BufferPool,
@@ -79,6 +86,7 @@ class ServerCore:
         auth_dir: str | None = None,
         insecure: bool = False,
         quotas: Quotas | None = None,
+        spin_us: float = DEFAULT_SPIN_US,
     ) -> None:
         if not listen:
             raise ValueError("a server needs at least one listen URL")
@@ -97,6 +105,7 @@ class ServerCore:
         self.handler = Handler(registry or default_registry(), backend_impl, self.sessions)
         self.limits = limits
         self.max_queue = max_queue
+        self._spin = spin_seconds(spin_us)
         self.urls: list[str] = []
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socks: list[zmq.Socket[bytes]] = []
@@ -134,13 +143,16 @@ class ServerCore:
 
     def serve_forever(self) -> None:
         poller, pipes, version = self._poller(), {}, -1
+        served = 0.0
         while not self._stop.is_set():
             if version != self.sessions.version:  # sessions came or went: poll their pipes
                 poller, pipes = self._poller(), self.sessions.pipes()
                 version = self.sessions.version
                 for fd in pipes:
                     poller.register(fd, zmq.POLLIN)
-            ready = dict(poller.poll(0 if self._queue else POLL_MS))
+            # Just served: poll without sleeping for a while, the next call is likely near.
+            hot = self._queue or time.perf_counter() - served < self._spin
+            ready = dict(poller.poll(0 if hot else POLL_MS))
             for sock in self._socks:
                 if sock in ready:
                     self._drain(sock)
@@ -149,6 +161,7 @@ class ServerCore:
                     self._drain_pipe(session)
             if self._queue:
                 self._serve_one(self._queue.popleft())
+                served = time.perf_counter()
             self.sessions.reap()
             if self._auth is not None:
                 self._auth.reload()

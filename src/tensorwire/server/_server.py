@@ -34,7 +34,12 @@ class Server:
             listen = [f"ipc://{os.path.join(self._tmpdir, 'tw.sock')}"]
         elif isinstance(listen, str):
             listen = [listen]
-        self._core = ServerCore(list(listen), device=device, backend=backend, **options)
+        try:
+            self._core = ServerCore(list(listen), device=device, backend=backend, **options)
+        except BaseException:
+            if self._tmpdir is not None:  # a bad option leaves no directory behind
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise
         self._thread: threading.Thread | None = None
         self.urls: list[str] = []
 
