@@ -15,9 +15,11 @@ figures without a target, SKIP with the reason):
                  h = x @ w + b, y = gelu(h), one fused graph request) against a server started
                  with --backend torch --device cuda; fp32 and bf16 wire; target <= 2 ms.
                  Needs pyzmq (carry it as a wheel); SKIP otherwise
-  ipc            a 1 GB CUDA tensor from another process by CUDA IPC: first open, then the
-                 steady state (leased storage); target <= 100 us at any size (1 MB too);
-                 and expandable-segments memory is refused with a clear error
+  ipc            the real client path: `gpu.identity(t)` for a 1 GB torch CUDA tensor
+                 against a server started with --backend torch --device cuda (the tensor
+                 goes by CUDA IPC, its view comes back without bytes): first call, then
+                 the steady state (leased import); target <= 100 us per call at any size
+                 (1 MB too); and a client with expandable segments is refused clearly
   ucx            not implemented: ucxx is not part of this build (SKIP, says so)
 
 Without a CUDA device it prints "no CUDA device: nothing measured" and exits 2 (0 with
@@ -318,88 +320,72 @@ def _gelu(v: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- CUDA IPC
 
-PRODUCER = r"""
-import os, sys
-import msgpack, torch
+REFUSER = r"""
+import sys
 sys.path.insert(0, sys.argv[1])
-from tensorwire.channel._cuda import CudaIpcRefused, export_ipc
-out = {}
-try:
-    for name, n in (("big", int(sys.argv[2])), ("small", 1 << 20)):
-        t = torch.arange(n // 4, dtype=torch.int32, device="cuda")
-        torch.cuda.synchronize()
-        globals()["keep_" + name] = t
-        out[name] = export_ipc(t).to_wire()
-except CudaIpcRefused as exc:
-    out["refused"] = str(exc)
-sys.stdout.write(msgpack.packb(out).hex() + "\n")
-sys.stdout.flush()
-sys.stdin.readline()  # keep the tensors alive until the consumer is done
+import torch
+import tensorwire as tw
+from tensorwire.channel._cuda import CudaIpcRefused
+with tw.Client(sys.argv[2]) as gpu:
+    try:
+        gpu.identity(torch.ones(1 << 18, device="cuda"))
+        print("sent")
+    except CudaIpcRefused as exc:
+        print("refused:", exc)
 """
 
 
-@contextlib.contextmanager
-def _producer(nbytes: int, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    import msgpack
-
-    proc = subprocess.Popen([sys.executable, "-c", PRODUCER, str(SRC), str(nbytes)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the IPC producer process died before exporting")
-        yield msgpack.unpackb(bytes.fromhex(line.strip()))
-    finally:
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.write("done\n")
-                proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def check_ipc(report: Report, nbytes: int, reps: int) -> None:
+    """The real client path: a torch CUDA tensor to `gpu.identity`, its view coming back."""
     import torch
 
-    from tensorwire.channel._cuda import IpcImports
+    sys.path.insert(0, str(HERE))
+    import _harness as h
+    import tensorwire as tw
 
-    with _producer(nbytes) as descs:
-        if "refused" in descs:
-            report.add("ipc", "export", "refused", "-", "FAIL", descs["refused"][:120])
-            return
-        imports = IpcImports(expected_pid=descs["big"]["pid"])
-        for name in ("big", "small"):
-            desc = descs[name]
-            t0 = time.perf_counter()
-            t = imports.open(desc)
-            cold = time.perf_counter() - t0
-            n = t.numel()
-            ok = int(t[n - 1].item()) == n - 1 and int(t[0].item()) == 0
-            warm = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                imports.open(desc)
-                warm.append(time.perf_counter() - t0)
-            med = statistics.median(warm)
-            size = f"{desc['ss'] >> 20} MB"
-            report.details[f"ipc_{name}"] = {"cold_s": cold, "warm_s": warm, "correct": ok}
-            report.add("ipc", f"CUDA IPC pass, {size} (leased)", _us(med),
-                       f"<= {_us(IPC_TARGET_S)}",
-                       "PASS" if med <= IPC_TARGET_S and ok else "FAIL",
-                       f"first open {_us(cold)}; data {'ok' if ok else 'WRONG'}")
-            del t
-        imports.close()
-        torch.cuda.synchronize()
-    with _producer(1 << 20, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) as descs:
-        refused = descs.get("refused", "")
-        ok = "expandable" in refused
-        report.add("ipc", "expandable segments refused clearly", "refused" if ok else "exported",
-                   "refused", "PASS" if ok else "FAIL", refused[:100])
+    with h.temp_dir() as tmp:
+        argv = h.tensorwire_serve_argv(h.endpoint("ipc", tmp, "tw"),
+                                       ["--backend", "torch", "--device", "cuda"])
+        with h.child_server(argv, h.TW_READY, timeout=120) as (_, url):
+            with tw.Client(url) as gpu:
+                if not gpu.server_info.get("ipc"):
+                    report.add("ipc", "CUDA IPC offered", "no", "yes", "FAIL",
+                               str(gpu.server_info.get("ipc_reason"))[:120])
+                    return
+                for name, size in (("big", nbytes), ("small", 1 << 20)):
+                    _ipc_pass(report, gpu, torch, name, size, reps)
+            env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+            proc = subprocess.run([sys.executable, "-c", REFUSER, str(SRC), url], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            out = proc.stdout.strip()
+            ok = out.startswith("refused:") and "expandable" in out
+            report.add("ipc", "expandable segments refused clearly",
+                       "refused" if ok else (out or "crashed")[:20], "refused",
+                       "PASS" if ok else "FAIL", (out or proc.stderr)[-100:])
+
+
+def _ipc_pass(report: Report, gpu: Any, torch: Any, name: str, nbytes: int, reps: int) -> None:
+    t = torch.arange(nbytes // 4, dtype=torch.int32, device="cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    back = gpu.identity(t)  # the first pass opens the allocation on the server
+    cold = time.perf_counter() - t0
+    ok = back.data_ptr() == t.data_ptr() and back.device == t.device and torch.equal(back, t)
+    warm = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        gpu.identity(t)
+        warm.append(time.perf_counter() - t0)
+    med = statistics.median(warm)
+    trace = dict(gpu.last_trace)
+    report.details[f"ipc_{name}"] = {"cold_s": cold, "warm_s": warm, "correct": ok,
+                                     "trace": trace}
+    report.add("ipc", f"CUDA IPC pass via Client, {nbytes >> 20} MB identity",
+               _us(med), f"<= {_us(IPC_TARGET_S)}",
+               "PASS" if med <= IPC_TARGET_S and ok else "FAIL",
+               f"first call {_us(cold)}; view of the argument {'ok' if ok else 'WRONG'}; "
+               f"paths={trace.get('paths', {}).get('request')}")
+    del t, back
 
 
 # ------------------------------------------------------------------------------- main

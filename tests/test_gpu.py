@@ -8,6 +8,7 @@ device check's behaviour without a GPU.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -501,3 +502,66 @@ def test_cuda_ipc_refuses_expandable_segments() -> None:
         proc.stdin.write("done\n")
         proc.stdin.close()
         proc.wait(30)
+
+
+# ------------------------------------------------------------------ CUDA IPC through the client
+
+
+@pytest.fixture
+def cuda_server(tmp_path: Path) -> Any:
+    from conftest import ServerProcess
+
+    server = ServerProcess([f"ipc://{tmp_path / 'gpu.sock'}"], "--backend", "torch",
+                           "--device", "cuda")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_client_sends_cuda_tensors_by_ipc(cuda_server: Any) -> None:
+    import tensorwire as tw
+
+    with tw.Client(cuda_server.url) as gpu:
+        assert gpu.server_info["ipc"] is True, gpu.server_info.get("ipc_reason")
+        t = torch.arange(4096, dtype=torch.float32, device="cuda").reshape(64, 64)
+        same = gpu.identity(t)  # a view of t itself comes back: no bytes
+        assert same.data_ptr() == t.data_ptr() and torch.equal(same, t)
+        assert gpu.last_trace["paths"]["request"] == ["cuda_ipc"]
+        tt = gpu.transpose(t)
+        assert tt.device == t.device and torch.equal(tt, t.T)
+        neg = gpu.neg(t)  # a new result: device-to-host there, back onto the GPU here
+        assert neg.device == t.device and torch.equal(neg, -t)
+        y = gpu.matmul(t, torch.eye(64, device="cuda"))
+        torch.testing.assert_close(y, t)
+        kept = gpu.identity(t, out="remote")
+        t += 1  # the resident copy must not see the client's write
+        np.testing.assert_array_equal(gpu.fetch(kept), (t - 1).cpu().numpy())
+        del same, tt, t
+        gc.collect()
+        gpu.identity(np.ones(2))  # carries the release of t's storage ("fi")
+        assert not gpu._ipc._sent
+
+
+CLIENT = r"""
+import sys, torch, tensorwire as tw
+from tensorwire.channel._cuda import CudaIpcRefused
+with tw.Client(sys.argv[1]) as gpu:
+    try:
+        gpu.identity(torch.ones(1024, device="cuda"))
+        print("sent")
+    except CudaIpcRefused as exc:
+        print("refused:", exc)
+"""
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_client_refuses_expandable_segments(cuda_server: Any) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"),
+           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    proc = subprocess.run([sys.executable, "-c", CLIENT, cuda_server.url], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "refused:" in proc.stdout and "expandable" in proc.stdout, proc.stderr

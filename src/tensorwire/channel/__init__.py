@@ -22,6 +22,7 @@ Lifetime rules
 
 from ._arena import ALIGNMENT, Arena
 from ._client_side import ClientChannel, take_all
+from ._cuda import CudaIpcRefused
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
@@ -38,6 +39,7 @@ __all__ = [
     "Arena",
     "ChannelError",
     "ClientChannel",
+    "CudaIpcRefused",
     "Doorbell",
     "MessagePipe",
     "SHM_ALIAS",

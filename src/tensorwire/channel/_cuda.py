@@ -32,13 +32,13 @@ Everything is validated before anything is opened; notably:
 runs ``torch.cuda.ipc_collect()`` after dropping any, so memory a dead peer held comes back.
 Nothing here is ever pickled; descriptors travel as plain msgpack maps.
 
-Not wired in yet (and never run: no GPU was lent to the session that wrote this): the codec
-needs an ext type carrying ``IpcDescriptor.to_wire()`` (decoded to a reference counted like a
-handle, so the call takes the native path); the client sends ``export_ipc(t).to_wire()`` for a
-torch CUDA argument in a same-host session and keeps ``t`` alive until the reply; the handler's
-``_native`` opens it with the session's ``IpcImports`` (created for local sessions, reaped in
-``Sessions.reap``, closed when the session ends). Until then CUDA tensors are refused with a
-clear error asking to move them to the CPU.
+Where it is wired in: the codec carries a descriptor as ``codec.IpcRef`` (EXT_CUDA_IPC); the
+client exports torch CUDA arguments in same-host sessions of a CUDA server
+(``client._cuda_ipc``), keeps them alive until the reply and tells the server, with its next
+request ("fi"), which storages it dropped so their imports go at once instead of on expiry;
+the server opens them with the session's :class:`IpcImports` (``server._ipc``), reaped with
+the sessions and closed when a session ends. Only the GPU-free parts have run so far (see
+tests/test_gpu.py); the rest is written against torch's ``multiprocessing.reductions``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ProtocolError
 from ._errors import ChannelError
 
 log = logging.getLogger("tensorwire.channel")
@@ -84,6 +85,7 @@ CUDA_IPC_HANDLE_SIZE = 64  # cudaIpcMemHandle_t / cudaIpcEventHandle_t
 REF_COUNTER_SLOTS = 10000  # torch::CUDA_IPC_REF_COUNTER_FILE_SIZE (int64 slots per file)
 MAX_DIMS = 32
 MAX_DEVICES = 64
+MAX_RELEASES = 4096  # imports one request may release
 SHM_DIR = "/dev/shm"
 _REF_COUNTER_NAME = re.compile(r"^/torch_(\d{1,10})_(\d{1,20})_(\d{1,20})$")
 _UUID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
@@ -353,6 +355,11 @@ class IpcDescriptor:
         return desc
 
     @property
+    def key(self) -> tuple[bytes, int, int]:
+        """What the importing side caches an opened storage under (and releases by)."""
+        return (self.handle, self.storage_offset, self.storage_size)
+
+    @property
     def nbytes(self) -> int:
         n = 1
         for s in self.shape:
@@ -442,9 +449,14 @@ def export_ipc(tensor: Any) -> IpcDescriptor:
     if reason is not None:
         raise CudaIpcRefused(reason)
     storage = tensor.untyped_storage()
-    (device, handle, size, offset, ref_counter, ref_offset, event, event_required) = (
-        storage._share_cuda_()
-    )
+    try:
+        (device, handle, size, offset, ref_counter, ref_offset, event, event_required) = (
+            storage._share_cuda_()
+        )
+    except RuntimeError as exc:  # memory torch's caching allocator does not own, say
+        raise CudaIpcRefused("torch cannot share this tensor's memory by CUDA IPC (was it "
+                             "allocated outside torch's caching allocator? .clone() it "
+                             f"first): {str(exc).splitlines()[0][:200]}") from None
     if handle is None:
         raise CudaIpcRefused("an empty CUDA tensor has no memory to share")
     check_handle(bytes(handle))
@@ -469,19 +481,53 @@ def open_ipc(desc: IpcDescriptor, *, expected_pid: int | None = None,
     if not torch.cuda.is_available():
         raise CudaIpcRefused("CUDA IPC: this server has no CUDA device")
     check_ref_counter_file(desc, shm_dir=shm_dir, expected_pid=expected_pid)
-    index = local_device_for(desc.uuid)
-    ctx = torch.cuda.stream(stream) if stream is not None else torch.cuda.device(index)
-    with torch.cuda.device(index), ctx:
-        storage = torch.UntypedStorage._new_shared_cuda(
-            index, desc.handle, desc.storage_size, desc.storage_offset,
-            desc.ref_counter.encode(), desc.ref_offset,
-            desc.event or bytes(CUDA_IPC_HANDLE_SIZE), bool(desc.event),
-        )  # fmt: skip
+    index, storage = _open_storage(desc, stream)
+    with torch.cuda.device(index):
         _check_allocation(storage.data_ptr(), desc.storage_size)
-        dtype = getattr(torch, desc.dtype)
-        out = torch.empty(0, dtype=dtype, device=f"cuda:{index}")
+        out = torch.empty(0, dtype=getattr(torch, desc.dtype), device=f"cuda:{index}")
         out.set_(storage, desc.offset, desc.shape, desc.strides)
     return out
+
+
+def _open_storage(desc: IpcDescriptor, stream: Any) -> tuple[int, Any]:
+    """torch's ``_new_shared_cuda`` on the GPU with the descriptor's UUID (waits its event).
+
+    Until a storage owns the producer's counter slot, a failure must give the slot back.
+    """
+    import torch
+
+    try:
+        index = local_device_for(desc.uuid)
+        ctx = torch.cuda.stream(stream) if stream is not None else torch.cuda.device(index)
+        with torch.cuda.device(index), ctx:
+            storage = torch.UntypedStorage._new_shared_cuda(
+                index, desc.handle, desc.storage_size, desc.storage_offset,
+                desc.ref_counter.encode(), desc.ref_offset,
+                desc.event or bytes(CUDA_IPC_HANDLE_SIZE), bool(desc.event),
+            )  # fmt: skip
+    except CudaIpcRefused:
+        release_slot(desc)
+        raise
+    except RuntimeError as exc:
+        release_slot(desc)
+        raise CudaIpcRefused("CUDA IPC: the driver could not open the client's memory: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
+    return index, storage
+
+
+def release_slot(desc: IpcDescriptor) -> None:
+    """Give back a producer ref-counter slot that no opened storage will (best effort).
+
+    Call only after ``check_ref_counter_file`` passed: torch maps that file to decrement it.
+    Without it the producer would keep the memory out of reuse for as long as it lives.
+    """
+    try:
+        import torch
+
+        torch.UntypedStorage._release_ipc_counter(  # type: ignore[no-untyped-call]
+            desc.ref_counter.encode(), desc.ref_offset)
+    except Exception as exc:  # noqa: BLE001 (nothing more can be done for that slot)
+        log.warning("could not release a CUDA IPC ref-counter slot: %s", type(exc).__name__)
 
 
 def _check_allocation(ptr: int, nbytes: int, *, range_of: Callable[[int], Any] | None = None
@@ -650,6 +696,8 @@ class IpcImports:
         slot = (desc.ref_counter, desc.ref_offset)
         entry = self.leases.get(key)
         if entry is None:
+            if len(self.leases) >= self.leases.max_leases:
+                self.leases.reap()  # expired imports make room before "too many" is said
             base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
                               stream=stream)
             self.leases.add(key, _Import(base, {slot}))  # the storage's deleter frees slot
@@ -664,6 +712,22 @@ class IpcImports:
         if desc.event:
             self._wait_event(desc.event, entry.base, stream)
         return _view_like(entry.base, desc)
+
+    def release(self, keys: Any) -> int:
+        """Drop the imports of storages the client says it no longer holds ("fi").
+
+        ``keys`` is a list of [handle, storage offset, storage size]; unknown ones are
+        ignored (their lease may have expired already). Returns how many were dropped.
+        """
+        if not isinstance(keys, list) or len(keys) > MAX_RELEASES:
+            raise ProtocolError(f"CUDA IPC releases must be a list of at most {MAX_RELEASES}")
+        dropped = 0
+        for k in keys:
+            if not (isinstance(k, list) and len(k) == 3 and type(k[0]) is bytes
+                    and type(k[1]) is int and type(k[2]) is int):
+                raise ProtocolError("CUDA IPC release must be [handle, offset, size]")
+            dropped += self.leases.release(tuple(k))
+        return dropped
 
     def _release_slot(self, desc: IpcDescriptor, base: Any) -> None:
         import torch

@@ -64,6 +64,7 @@ from ..errors import (
 from ..trace import build_trace
 from ..transport import ClientKeys, Transport, client_socket, get_transport, wire_path
 from . import _graph
+from ._cuda_ipc import IpcSender, ipc_results
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
 
@@ -137,6 +138,7 @@ class Client:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._pump: threading.Thread | None = None
         self.server_info: dict[str, Any] = {}  # the hello reply, once there is one
+        self._ipc: IpcSender | None = None  # CUDA IPC of this session (same host, CUDA server)
         try:
             self.server_info = self._request("hello", "", (), {})
             self._negotiate(require)
@@ -148,6 +150,7 @@ class Client:
         """Take the session the server opened; attach to its arenas, or note why not."""
         offer, sid = self.server_info.get("shm"), self.server_info.get("session")
         self._session = sid if isinstance(sid, str) else None
+        self._ipc = IpcSender(self.server_info)
         if offer and self._session is not None:
             try:
                 self._channel = ClientChannel(offer)
@@ -494,7 +497,7 @@ class Client:
         if extra:
             meta.update(extra)
         keep: list[Any] = []
-        placer = None
+        placer = export = None
         if kind == "hello":
             meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size,
                         ht=self._hello_token)
@@ -509,12 +512,16 @@ class Client:
                 released = self._channel.take_released()
                 if released:
                     meta["fr"] = released
+            if self._ipc is not None:
+                export = self._ipc.exporter(kind)
+                if (dropped := self._ipc.take_released()) is not None:
+                    meta["fi"] = dropped
         wire = meta.get("w", self.wire_dtype) if kind in ("call", "put", "graph") else None
         caster = None
         if wire is not None:
             meta["w"] = wire  # the server narrows its results the same way
             caster = self._caster(wire)
-        encoded = encode_payload(payload, placer, caster)
+        encoded = encode_payload(payload, placer, caster, export)
         frames = encoded.frames(meta)
         t1 = time.perf_counter()
         item = Pending(
@@ -526,6 +533,7 @@ class Client:
             serialize=t1 - t0,
             sent_at_start=t1,
             keep=keep,
+            sent=export.sent if export is not None and export.sent else None,
         )
         return item, frames
 
@@ -556,6 +564,8 @@ class Client:
         if decoded.meta.get("hd"):
             payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
+        if item.sent is not None:  # CUDA IPC arguments: results as CUDA tensors
+            result = ipc_results(result, item.sent)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
         timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
         reply_paths = decoded.meta.get("rp", decoded.paths)  # the server's account wins

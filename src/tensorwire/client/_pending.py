@@ -26,6 +26,7 @@ class Pending:
     send: float = 0.0
     carrier: str = "zmq"  # how the messages travelled: "zmq" or "pipe"
     keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
+    sent: list[Any] | None = None  # CUDA tensors sent by IPC: alive until the reply
     done: bool = False
     value: Any = None
     error: BaseException | None = None

@@ -2,6 +2,7 @@
 
 from ._dtypes import WIRE_DTYPES, dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, content_digest
+from ._ipc import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef
 from ._limits import DEFAULT_LIMITS, Limits
 from ._message import (
     COPIED_PATH,
@@ -10,6 +11,7 @@ from ._message import (
     Caster,
     Decoded,
     Encoded,
+    Exporter,
     Placer,
     Resolver,
     Widener,
@@ -23,7 +25,10 @@ from ._tensors import first_kind, from_numpy, restore_kind, tensor_kind, to_nump
 from ._trees import tree_map
 
 __all__ = [
+    "CUDA_IPC_PATH",
+    "EXT_CUDA_IPC",
     "EXT_HANDLE",
+    "IpcRef",
     "HandleRef",
     "content_digest",
     "BufferPool",
@@ -35,6 +40,7 @@ __all__ = [
     "Caster",
     "Decoded",
     "Encoded",
+    "Exporter",
     "Limits",
     "Placer",
     "Resolver",

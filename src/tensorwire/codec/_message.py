@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ProtocolError, SessionExpired, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
+from ._ipc import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, ipc_from_wire
 from ._limits import DEFAULT_LIMITS, Limits
 from ._precision import Exact, Narrowed, from_wire
 from ._tensors import tensor_kind, to_numpy
@@ -35,6 +36,9 @@ Placer = Callable[[np.ndarray], tuple[Any, str]]
 # A caster narrows a tensor for the wire: (array to send, original dtype name or None).
 # It may be given a Narrowed (a received tensor kept narrow) as well as an array.
 Caster = Callable[[Any], tuple[np.ndarray, str | None]]
+# An exporter turns a tensor into a CUDA IPC reference (same-host CUDA memory), or returns
+# None to send it as usual; it raises when the tensor can go neither way.
+Exporter = Callable[[Any], IpcRef | None]
 # A widener undoes the cast of a received tensor: (narrow array, original dtype name).
 Widener = Callable[[np.ndarray, str], Any]
 # A resolver turns a received descriptor into (buffer of exactly nbytes, path name).
@@ -95,12 +99,14 @@ def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
 
 
 def encode_payload(
-    payload: Any, placer: Placer | None = None, caster: Caster | None = None
+    payload: Any, placer: Placer | None = None, caster: Caster | None = None,
+    exporter: Exporter | None = None,
 ) -> Encoded:
     """Encode a payload tree; tensors become out-of-band frames (or channel descriptors).
 
     `caster` narrows tensors for the wire (bfloat16/float16); the receiver widens them
-    back. Tensors wrapped in `Exact` are never cast.
+    back. Tensors wrapped in `Exact` are never cast. `exporter` sends CUDA tensors as
+    CUDA IPC references instead of bytes.
     """
     out = Encoded()
 
@@ -116,6 +122,12 @@ def encode_payload(
         cast = caster
         if isinstance(obj, Exact):
             obj, cast = obj.value, None
+        if exporter is not None and (ref := exporter(obj)) is not None:
+            obj = ref
+        if isinstance(obj, IpcRef):
+            out.handles += 1
+            out.paths.append(CUDA_IPC_PATH)
+            return msgpack.ExtType(EXT_CUDA_IPC, _pack_inner(obj.wire()))
         if isinstance(obj, Narrowed):
             return _encode_tensor(obj if cast is not None else obj.widen(), out, placer, cast)
         if isinstance(obj, np.generic):
@@ -274,6 +286,10 @@ class _DecodeState:
             self.handles += 1
             self.paths.append(RESIDENT_PATH)
             return handle_from_wire(msgpack.unpackb(data, raw=False))
+        if code == EXT_CUDA_IPC:
+            self.handles += 1
+            self.paths.append(CUDA_IPC_PATH)
+            return ipc_from_wire(msgpack.unpackb(data, raw=False))
         if code == EXT_COMPLEX:
             parts = msgpack.unpackb(data)
             if not (isinstance(parts, list) and len(parts) == 2):

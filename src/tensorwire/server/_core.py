@@ -376,14 +376,16 @@ class ServerCore:
 
 
 def _released(session: Session, meta: dict[str, Any]) -> None:
-    """What the client piggybacked: arena blocks ("fr") and handles ("fh") it dropped,
-    and the replies it got ("ak")."""
+    """What the client piggybacked: arena blocks ("fr"), handles ("fh") and CUDA IPC
+    storages ("fi") it dropped, and the replies it got ("ak")."""
     if "fr" in meta and session.channel is not None:
         session.channel.release(meta["fr"])
     if "fh" in meta:
         session.store.free(meta["fh"])
     if "ak" in meta:
         session.replies.drop(meta["ak"])
+    if "fi" in meta and session.ipc is not None:
+        session.ipc.release(meta["fi"])
 
 
 def _user(item: _Incoming) -> str | None:

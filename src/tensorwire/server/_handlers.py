@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..codec import PROTOCOL_VERSION, HandleRef, tree_map
+from ..codec import PROTOCOL_VERSION, HandleRef, IpcRef, tree_map
 from ..errors import ProtocolError, TensorwireError
 from ._exposition import server_state
+from ._ipc import IpcCall
 from ._metrics import Metrics
 from ._resident import ResidentStore
 from ._sessions import Session, Sessions
@@ -117,17 +118,20 @@ class Handler:
         if out not in ("remote", "local"):
             raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
         store = session.store
-        args = tree_map(lambda v: self._native(v, store), req.args, _is_leaf)
-        kwargs = tree_map(lambda v: self._native(v, store), req.kwargs, _is_leaf)
+        ipc = IpcCall(req.rid, session.ipc, session.ipc_refusal, self.backend)
+        args = tree_map(lambda v: self._native(v, store, ipc), req.args, _is_leaf)
+        kwargs = tree_map(lambda v: self._native(v, store, ipc), req.kwargs, _is_leaf)
         with outputs_into(_reply_arena(session) if out == "local" else None):
             result = self.registry.call_native(req.op, self.backend, args, kwargs)
         if out == "remote":
-            return tree_map(store.add, result, self.backend.is_tensor)
-        return tree_map(self.backend.to_wire, result, self.backend.is_tensor)
+            return tree_map(lambda t: store.add(ipc.owned(t)), result, self.backend.is_tensor)
+        return tree_map(ipc.to_reply, result, self.backend.is_tensor)
 
-    def _native(self, value: Any, store: ResidentStore) -> Any:
+    def _native(self, value: Any, store: ResidentStore, ipc: IpcCall) -> Any:
         if isinstance(value, HandleRef):
             return store.get(value)
+        if isinstance(value, IpcRef):  # the client's CUDA memory, shared by IPC
+            return ipc.open(value)
         return self.backend.from_wire(value)
 
     def _resident(self, req: Request, store: ResidentStore) -> Any:
@@ -161,7 +165,7 @@ def _reply_arena(session: Session | None) -> Any:
 
 
 def _is_leaf(value: Any) -> bool:
-    return isinstance(value, HandleRef | np.ndarray)
+    return isinstance(value, HandleRef | IpcRef | np.ndarray)
 
 
 def error_meta(rid: Any, exc: BaseException) -> dict[str, Any]:

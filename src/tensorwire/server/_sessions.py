@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..channel import DEFAULT_DIRECTORY, ServerChannel, host_token, pid_alive, sweep_stale
+from ..channel._cuda import IpcImports
 from ..channel._errors import ChannelError, ShmFullError
 from ..channel._pipe import sweep_stale_pipes
 from ..errors import ProtocolError, SessionExpired
+from ._ipc import ipc_refusal, session_imports
 from ._replies import ReplyCache
 from ._resident import ContentCache, Quotas, ResidentStore
 from .ops import Backend
@@ -43,6 +45,8 @@ class Session:
     replies: ReplyCache = field(default_factory=ReplyCache)
     hello_token: str = ""  # the client's hello id: a resent hello gets this session again
     hello_reply: dict[str, Any] = field(default_factory=dict)
+    ipc: IpcImports | None = None  # CUDA IPC storages opened for a local client
+    ipc_refusal: str = "not negotiated"  # why CUDA IPC arguments are refused ("": accepted)
 
 
 class Sessions:
@@ -80,6 +84,9 @@ class Sessions:
         session = Session(secrets.token_hex(16), pid, local, store,
                           last_seen=time.monotonic(), user=meta.get("user"))
         reply: dict[str, Any] = {"session": session.sid, "shm": None}
+        session.ipc = session_imports(local, pid)
+        session.ipc_refusal = ipc_refusal(local, pid, self.backend.device)
+        reply["ipc"], reply["ipc_reason"] = not session.ipc_refusal, session.ipc_refusal
         if not want:
             reply["shm_reason"] = "not requested"
         elif not self.enabled:
@@ -136,6 +143,8 @@ class Sessions:
             return
         self._next_reap = now + REAP_INTERVAL
         for sid, session in list(self._sessions.items()):
+            if session.ipc is not None and len(session.ipc.leases):
+                session.ipc.leases.reap()  # imports the client neither used nor released
             if session.local and not pid_alive(session.pid):
                 log.info("client process %d is gone; reclaiming its session", session.pid)
                 self._end(sid)
@@ -174,6 +183,8 @@ class Sessions:
             session.store.clear()
             if session.channel is not None:
                 session.channel.close()
+            if session.ipc is not None:
+                session.ipc.close()  # the client's CUDA memory is unmapped here
             self.version += 1
             if self.on_end is not None:
                 self.on_end(sid)

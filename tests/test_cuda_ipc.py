@@ -1,0 +1,301 @@
+"""CUDA IPC wiring that runs without a GPU: the codec's reference, the server's refusals and
+cleanup, the client's refusals, release bookkeeping and result aliasing (on CPU tensors
+standing in for opened CUDA storages). The GPU end of it is in tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+import tensorwire as tw
+from conftest import ServerProcess
+from tensorwire.channel import host_token
+from tensorwire.channel._cuda import IpcDescriptor, IpcImports, LeaseTable
+from tensorwire.client._cuda_ipc import IpcSender, ipc_results
+from tensorwire.codec import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, decode, encode_payload
+from tensorwire.errors import ProtocolError
+from tensorwire.server._handlers import Handler, Request
+from tensorwire.server._ipc import IpcCall, ipc_refusal
+from tensorwire.server._sessions import Sessions
+from tensorwire.server.ops import default_registry, make_backend
+
+torch = pytest.importorskip("torch")
+PID = 4242
+RC = f"/torch_{PID}_123456_7"
+
+
+def wire(**over: Any) -> dict[str, Any]:
+    d = {
+        "v": 1, "dev": 0, "uuid": "GPU-1234abcd", "h": bytes([2, ord("c")]) + bytes(64),
+        "so": 0, "ss": 4096, "off": 0, "dt": "float32", "sh": [4, 8], "st": [8, 1],
+        "rc": RC, "ro": 3, "ev": None, "pid": PID,
+    }  # fmt: skip
+    d.update(over)
+    return d
+
+
+class CudaLike:
+    """A DLPack object claiming CUDA memory: what the client must refuse without a CUDA server."""
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)
+
+    def __dlpack__(self, **kw: Any) -> Any:
+        raise BufferError("not really on a GPU")
+
+
+# ------------------------------------------------------------------ codec
+
+
+def test_ipc_reference_round_trips_and_counts_as_a_handle() -> None:
+    enc = encode_payload({"a": [IpcRef(3, wire()), np.ones(2, np.float32)]})
+    assert enc.handles == 1 and enc.paths[0] == CUDA_IPC_PATH
+    dec = decode([enc.frames({"id": 1})[0], *enc.tensor_frames])
+    ref, arr = dec.payload["a"]
+    assert isinstance(ref, IpcRef) and ref.index == 3 and ref.body == wire()
+    assert dec.handles == 1 and dec.paths == [CUDA_IPC_PATH, "frame"]
+    assert IpcDescriptor.from_wire(ref.body).key == (wire()["h"], 0, 4096)
+
+
+def test_exporter_replaces_tensors() -> None:
+    marker = object()
+    enc = encode_payload([marker, np.ones(1)],
+                         exporter=lambda o: IpcRef(0, {"x": 1}) if o is marker else None)
+    assert enc.paths == [CUDA_IPC_PATH, "frame"] and enc.handles == 1
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([0], r"expected \[index, map\]"),
+        ("x", r"expected \[index, map\]"),
+        ([-1, {}], "index"),
+        ([1 << 16, {}], "index"),
+        ([True, {}], "index"),
+        ([0, [1, 2]], "map"),
+        ([0, {str(i): i for i in range(33)}], "at most 32"),
+    ],
+)
+def test_malformed_ipc_references(parts: Any, message: str) -> None:
+    header = msgpack.packb([1, {}, [msgpack.ExtType(EXT_CUDA_IPC, msgpack.packb(parts))]])
+    with pytest.raises(ProtocolError, match=message):
+        decode([header])
+
+
+# ------------------------------------------------------------------ a real server on the CPU
+
+
+@pytest.fixture(scope="module")
+def cpu_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = tmp_path_factory.mktemp("ipc") / "tw.sock"
+    server = ServerProcess([f"ipc://{path}"], "--backend", "numpy")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (wire(uuid="../../etc"), "'uuid' must name a GPU"),
+        (wire(h=b"\x02e" + bytes(64)), "expandable segments"),
+        (wire(rc="/dev/shm/tensorwire-1-secret"), "ref-counter"),
+        (wire(off=10_000), "past its storage"),
+        (wire(), "not accepted here: the server computes on cpu"),
+    ],
+)
+def test_server_refuses_descriptors_clearly_and_keeps_serving(cpu_server: ServerProcess,
+                                                               body: Any, message: str) -> None:
+    with tw.Client(cpu_server.url) as gpu:
+        with pytest.raises(ProtocolError, match=message) as info:
+            gpu._request("call", "identity", (IpcRef(0, body),), {})
+        text = str(info.value)
+        assert "request " in text and "CUDA IPC argument 0" in text
+        assert "/dev/shm" not in text and "secret" not in text and RC not in text
+        np.testing.assert_array_equal(gpu.identity(np.arange(3)), np.arange(3))
+
+
+def test_server_refuses_malformed_references_and_releases(cpu_server: ServerProcess) -> None:
+    with tw.Client(cpu_server.url) as gpu:
+        with pytest.raises(ProtocolError, match="CUDA IPC reference"):
+            gpu._request("call", "identity", (IpcRef(0, [1]),), {})  # type: ignore[arg-type]
+        with pytest.raises(ProtocolError, match="CUDA IPC releases"):
+            gpu._request("call", "identity", (np.ones(2),), {}, extra={"fi": "junk"})
+        with pytest.raises(ProtocolError, match=r"\[handle, offset, size\]"):
+            gpu._request("call", "identity", (np.ones(2),), {}, extra={"fi": [[1, 2]]})
+        unknown = [[b"\x02c" + bytes(64), 0, 16]]  # nothing open under it: ignored
+        out = gpu._request("call", "identity", (np.ones(2),), {}, extra={"fi": unknown})
+        np.testing.assert_array_equal(out, np.ones(2))
+
+
+def test_client_refuses_cuda_tensors_with_the_reason(cpu_server: ServerProcess) -> None:
+    with tw.Client(cpu_server.url) as gpu:
+        assert gpu.server_info["ipc"] is False
+        with pytest.raises(ProtocolError, match="server computes on cpu.*move it to the CPU"):
+            gpu.identity(CudaLike())
+        with tw.Client(cpu_server.url, transport="zmq") as plain:  # same host, no shm
+            with pytest.raises(ProtocolError, match="computes on cpu"):
+                plain.identity(CudaLike())
+        np.testing.assert_array_equal(gpu.neg(np.ones(2)), -np.ones(2))
+
+
+def test_in_process_server_refuses_cuda_ipc(tmp_path: Path) -> None:
+    with tw.Server(listen=[f"ipc://{tmp_path / 's.sock'}"], backend="numpy") as server:
+        with tw.Client(server.urls[0]) as gpu:
+            assert "server's own process" in gpu.server_info["ipc_reason"]
+            with pytest.raises(ProtocolError, match="server's own process"):
+                gpu.submit("identity", CudaLike()).result(10)
+
+
+def test_ipc_refusal_reasons() -> None:
+    assert ipc_refusal(False, 1, "cuda:0") == "the client is on another host"
+    assert "own process" in ipc_refusal(True, os.getpid(), "cuda:0")
+    assert "on cpu" in ipc_refusal(True, os.getpid() + 1, "cpu")
+    assert ipc_refusal(True, os.getpid() + 1, "cuda:0") == ""
+    sender = IpcSender({})
+    assert not sender.enabled and "does not accept" in sender.reason
+
+
+# ------------------------------------------------------------------ sessions clean up
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sessions_reap_and_close_their_imports() -> None:
+    sessions = Sessions(make_backend("numpy"), enabled=False)
+    collected: list[int] = []
+    meta = {"host": host_token(), "pid": os.getpid() + 1, "shm": 0}
+    sid = sessions.hello(meta)["session"]
+    session = sessions.get({"s": sid})
+    assert session is not None and session.ipc is not None
+    assert session.ipc.expected_pid == os.getpid() + 1 and "on cpu" in session.ipc_refusal
+    session.ipc.leases = LeaseTable(0.01, collect=lambda: collected.append(1))
+    session.ipc.leases.add("a", "A")
+    session.local = False  # keep the pid check out of it; the idle timeout is 600 s
+    time.sleep(0.02)
+    sessions._next_reap = 0.0
+    sessions.reap()
+    assert len(session.ipc.leases) == 0 and collected == [1]
+    session.ipc.leases.add("b", "B", ttl=60)
+    sessions.bye({"s": sid})
+    assert len(session.ipc.leases) == 0 and collected == [1, 1]
+    dead = sessions.hello({"host": host_token(), "pid": _dead_pid(), "shm": 0})["session"]
+    gone = sessions.get({"s": dead})
+    assert gone is not None and gone.ipc is not None
+    gone.ipc.leases = LeaseTable(60, collect=lambda: collected.append(2))
+    gone.ipc.leases.add("c", "C")
+    sessions._next_reap = 0.0
+    sessions.reap()  # its process is gone: the session ends, its imports with it
+    assert collected == [1, 1, 2] and len(sessions) == 0
+    remote = sessions.hello({"host": "elsewhere", "pid": 7, "shm": 0})
+    assert remote["ipc"] is False and remote["ipc_reason"] == "the client is on another host"
+
+
+# ------------------------------------------------------------------ the native path, CPU stand-ins
+
+
+def _imports(tmp_path: Path, storage: Any) -> IpcImports:
+    (tmp_path / RC.lstrip("/")).write_bytes(bytes(80000))
+
+    def opener(desc: IpcDescriptor, **kw: Any) -> Any:
+        return torch.empty(0).set_(storage.untyped_storage(), desc.offset, desc.shape,
+                                   desc.strides)
+
+    return IpcImports(expected_pid=PID, shm_dir=str(tmp_path), opener=opener,
+                      leases=LeaseTable(30.0, collect=lambda: None))
+
+
+def test_handler_opens_arguments_and_answers_aliases(tmp_path: Path) -> None:
+    backend = make_backend("torch", "cpu")
+    sessions = Sessions(backend, enabled=False)
+    handler = Handler(default_registry(), backend, sessions)
+    sid = sessions.hello({"host": host_token(), "pid": PID, "shm": 0})["session"]
+    session = sessions.get({"s": sid})
+    assert session is not None
+    client_memory = torch.arange(32, dtype=torch.float32)  # stands for the client's tensor
+    session.ipc, session.ipc_refusal = _imports(tmp_path, client_memory), ""
+
+    def call(op: str, out: str = "local", **kw: Any) -> Any:
+        req = Request("call", 7, op, [IpcRef(0, wire())], kw, {"out": out} if out else {})
+        return handler.handle(req, session, 1)[0]
+
+    (alias,) = [call("reshape", shape=[8, 4])]
+    assert isinstance(alias, IpcRef) and alias.index == 0
+    assert alias.body == {"dt": "float32", "off": 0, "sh": [8, 4], "st": [4, 1]}
+    (t_alias,) = [call("transpose")]
+    assert t_alias.body["st"] == [1, 8]
+    negated = call("neg")
+    assert isinstance(negated, np.ndarray) and negated[0, 1] == -1.0  # bytes, as for any call
+    kept = call("identity", out="remote")
+    client_memory[1] = 100.0
+    assert float(session.store.get(kept)[0, 1]) == 1.0  # cloned: the client's writes stay out
+    # What the client makes of the reply: a view of its own tensor, and a CUDA-side copy.
+    enc = encode_payload([alias, t_alias, negated])
+    dec = decode([enc.frames({"id": 7})[0], *enc.tensor_frames])
+    view, tview, neg = ipc_results(dec.payload, [client_memory.reshape(4, 8)])
+    assert view.untyped_storage().data_ptr() == client_memory.untyped_storage().data_ptr()
+    assert view.shape == (8, 4) and float(view[0, 1]) == 100.0
+    assert torch.equal(tview, client_memory.reshape(4, 8).T)
+    assert isinstance(neg, torch.Tensor) and float(neg[0, 1]) == -1.0
+    session.ipc.release([list(IpcDescriptor.from_wire(wire()).key)])
+    assert len(session.ipc.leases) == 0
+
+
+def test_handler_refusal_names_the_argument() -> None:
+    backend = make_backend("numpy")
+    call = IpcCall(9, None, "the client is on another host", backend)
+    with pytest.raises(ProtocolError, match="request 9: CUDA IPC argument 2: .*another host"):
+        call.open(IpcRef(2, wire()))
+    with pytest.raises(ProtocolError, match="request 9: CUDA IPC argument 2: .*unsupported dtype"):
+        call.open(IpcRef(2, wire(dt="object")))
+    assert isinstance(call.to_reply(np.ones(2)), np.ndarray)
+
+
+# ------------------------------------------------------------------ client bookkeeping
+
+
+def test_client_releases_storages_it_dropped() -> None:
+    sender = IpcSender({"ipc": True})
+    t = torch.ones(4)
+    key = (b"h", 0, 16)
+    sender.remember(key, t.untyped_storage())
+    view = t[1:]
+    del t
+    gc.collect()
+    assert sender.take_released() is None  # a view still holds the storage
+    del view
+    gc.collect()
+    assert sender.take_released() == [[b"h", 0, 16]]
+    assert sender.take_released() is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"dt": "float32", "off": 0, "sh": [5, 8], "st": [8, 1]}, "past the argument"),
+        ({"dt": "float32", "off": 2, "sh": [1], "st": [1]}, "past the argument"),
+        ({"dt": "object", "off": 0, "sh": [1], "st": [1]}, "malformed"),
+        ({"dt": "float32", "off": 0, "sh": [1, 1], "st": [1]}, "malformed"),
+        ({"dt": "float32", "off": -4, "sh": [1], "st": [1]}, "malformed"),
+    ],
+)
+def test_client_checks_aliases(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        ipc_results([IpcRef(0, body)], [torch.zeros(32)])
+    with pytest.raises(ProtocolError, match="argument 1; 1 were sent"):
+        ipc_results(IpcRef(1, body), [torch.zeros(32)])
