@@ -12,8 +12,9 @@ never waits on a half-written message from a live peer.
 Spinning: a process that sleeps in select() gives its CPU back, and on these VMs
 the CPU halts; waking it and refilling its caches made each small call cost about
 three times its warm work (BENCHMARKS.md). So a waiter first polls for up to
-`spin_us` microseconds (client: for its reply; server: after each request, for
-the next one), and only then sleeps. That spends at most that much CPU per call.
+`spin_us` microseconds (client: for its reply, on the pipe or its zmq socket;
+server: after each request, for the next one), and only then sleeps. That spends
+at most that much CPU per call.
 """
 
 from __future__ import annotations

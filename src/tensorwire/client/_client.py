@@ -411,18 +411,29 @@ class Client:
         raise self._timeout(item)
 
     def _receive(self, sock: zmq.Socket[bytes], item: Pending, lookup: Any, until: float) -> bool:
+        spin_until = time.perf_counter() + self._spin
         while not item.done:
-            # A receive timeout instead of Socket.poll, which builds a Poller per call.
-            remaining_ms = int((until - time.monotonic()) * 1000)
             try:
-                if remaining_ms <= 0:
-                    raise zmq.Again
-                sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
-                frames = sock.recv_multipart(copy=False)
+                frames = self._spin_receive(sock, spin_until)
+                if frames is None:
+                    # A receive timeout instead of Socket.poll, which builds a Poller per call.
+                    remaining_ms = int((until - time.monotonic()) * 1000)
+                    if remaining_ms <= 0:
+                        raise zmq.Again
+                    sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
+                    frames = sock.recv_multipart(copy=False)
             except zmq.Again:
                 return False
             self._complete(frames, lookup)
         return True
+
+    @staticmethod
+    def _spin_receive(sock: zmq.Socket[bytes], spin_until: float) -> list[Any] | None:
+        """A reply that arrives before `spin_until`, polled for without sleeping."""
+        while time.perf_counter() < spin_until:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        return None
 
     def _drop_thread_socket(self) -> None:
         sock = getattr(self._local, "sock", None)
