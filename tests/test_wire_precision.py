@@ -189,3 +189,18 @@ def test_a_reply_policy_of_another_format_widens():
         assert settle_narrowed(req, path, handles, pool) is None
         assert req.args[0].dtype == np.float32
     assert settle_narrowed(request(w="auto"), "tcp", 0, pool) == "float32"
+
+
+def test_element_moving_ops_stay_narrow_on_the_torch_backend():
+    pytest.importorskip("torch")
+    x = np.random.default_rng(4).standard_normal((1024, 512)).astype(np.float32)
+    expected = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    with (
+        tw.Server(listen=["tcp://127.0.0.1:0"], backend="torch", insecure=True) as server,
+        tw.Client(server.url, transport="zmq", wire_dtype="bfloat16") as gpu,
+    ):
+        before = _server_casts(server)
+        np.testing.assert_array_equal(gpu.call("permute", x, dims=(1, 0)), expected.T)
+        both = gpu.call("concat", [x, x], axis=1)
+        assert _server_casts(server) == before
+    np.testing.assert_array_equal(both, np.concatenate([expected, expected], axis=1))
