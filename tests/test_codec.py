@@ -754,3 +754,36 @@ def test_bad_wire_cast_original_is_refused(original: Any) -> None:
     ref = msgpack.ExtType(EXT_TENSOR, msgpack.packb(["bfloat16", [1], "C", 1, original]))
     with pytest.raises(ProtocolError):
         decode([hdr(ref), b"\0\0"])
+
+
+def _narrowed_ref(dtype: str, original: Any) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_TENSOR, msgpack.packb([dtype, [2], "C", 1, original]))
+
+
+@pytest.mark.parametrize("widener", ["from_wire", "lazy"])
+@pytest.mark.parametrize(
+    ("dtype", "original", "fragment"),
+    [("bfloat16", "int8", "only float32 and float64"), ("bfloat16", 7, "only float32"),
+     ("int16", "float32", "must be bfloat16 or float16"),
+     ("float32", "float64", "must be bfloat16 or float16")],  # fmt: skip
+)
+def test_bad_narrowed_tensors_are_refused_eagerly_and_lazily(
+    widener: str, dtype: str, original: Any, fragment: str
+) -> None:
+    from tensorwire.codec import Narrowed
+
+    frame = b"\0" * (2 * np.dtype(wire_dtype(dtype)).itemsize)
+    kw = {"widener": Narrowed.checked} if widener == "lazy" else {}
+    refused([hdr(_narrowed_ref(dtype, original)), frame], fragment, **kw)
+
+
+def test_a_lazily_decoded_narrowed_tensor_widens_like_from_wire() -> None:
+    from tensorwire.codec import Narrowed, to_wire
+
+    x = np.array([1.5, -2.25, 3e38], np.float32)
+    enc = encode_payload({"t": x}, caster=lambda a: to_wire(a, "bfloat16"))
+    frames = enc.frames({})
+    lazy = decode(frames, widener=Narrowed.checked).payload["t"]
+    assert isinstance(lazy, Narrowed) and lazy.original == "float32"
+    assert lazy.nbytes == x.nbytes
+    np.testing.assert_array_equal(lazy.widen(), decode(frames).payload["t"])
