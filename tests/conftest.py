@@ -5,6 +5,7 @@ The leak check counts segments and pipe directories created by this run's proces
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +15,12 @@ from pathlib import Path
 import pytest
 
 SHM_DIR = Path("/dev/shm")
+# ucx:// is tested only where the optional ucxx imports, on one machine: over UCX's tcp and
+# shared-memory transports (set before any process of this run loads UCX).
+HAVE_UCX = importlib.util.find_spec("ucxx") is not None
+if HAVE_UCX:
+    os.environ.setdefault("UCX_TLS", "tcp,sm,self")
+    os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 
 
 # Processes this test run started; only their segments (and ours) count as our leaks,
@@ -44,6 +51,8 @@ def no_shm_leftovers() -> Iterator[None]:
 def listen_url(transport: str, tmp_path: Path) -> str:
     if transport == "ipc":
         return f"ipc://{tmp_path / 'tw.sock'}"
+    if transport == "ucx":
+        return "ucx://127.0.0.1:0"
     return "tcp://127.0.0.1:0"
 
 
@@ -54,8 +63,11 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "tensorwire", "serve"]
         for url in listen:
             cmd += ["--listen", url]
+        unauthenticated = any(u.startswith("ucx://") for u in listen)
         if any(u.startswith("tcp://") for u in listen) and "--auth-dir" not in extra:
-            cmd.append("--insecure")  # loopback only; the auth tests pass --auth-dir
+            unauthenticated = True  # loopback only; the auth tests pass --auth-dir
+        if unauthenticated and "--insecure" not in extra:
+            cmd.append("--insecure")
         self.proc = subprocess.Popen(
             [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -90,6 +102,8 @@ class ServerProcess:
 
 # Every way bytes can travel: (listen transport, client transport).
 PATHS = {"ipc": ("ipc", "zmq"), "tcp": ("tcp", "zmq"), "shm": ("ipc", "auto")}
+if HAVE_UCX:
+    PATHS["ucx"] = ("ucx", "auto")
 
 
 class Connection:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -150,6 +152,23 @@ def test_no_server_times_out_clearly(tmp_path):
 def test_unknown_scheme_names_known_ones():
     with pytest.raises(tw.TransportError, match="ipc, tcp"):
         tw.Client("udp://127.0.0.1:5555")
+
+
+def test_ucx_without_ucxx_names_the_extra(monkeypatch):
+    import tensorwire.transport._ucx as ucx
+
+    real = ucx.importlib.util.find_spec
+    monkeypatch.setattr(ucx.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ucxx" else real(name, *a))
+    with pytest.raises(tw.TransportError, match=r"pip install tensorwire\[ucx\]"):
+        tw.Client("ucx://127.0.0.1:13337")
+    with pytest.raises(tw.TransportError, match=r"pip install tensorwire\[ucx\]"):
+        tw.Server(listen=["ucx://127.0.0.1:0"], insecure=True)
+
+
+def test_importing_tensorwire_does_not_import_ucxx():
+    code = "import sys, tensorwire; assert 'ucxx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 @pytest.mark.parametrize("kwargs", [{"transport": "carrier-pigeon"}, {"timeout": 0}])

@@ -26,7 +26,14 @@ from ._cuda import CudaIpcRefused
 from ._doorbell import Doorbell
 from ._errors import ChannelError, SegmentRefused, ShmFullError
 from ._host import host_token, pid_alive
-from ._pipe import DEFAULT_SPIN_US, MessagePipe, pack_message, small_message, spin_seconds
+from ._pipe import (
+    DEFAULT_SPIN_US,
+    MessagePipe,
+    pack_message,
+    small_message,
+    spin_seconds,
+    unpack_message,
+)
 from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY, copy_into
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
 from ._server_side import ServerChannel
@@ -57,4 +64,5 @@ __all__ = [
     "spin_seconds",
     "sweep_stale",
     "take_all",
+    "unpack_message",
 ]

@@ -76,6 +76,29 @@ def pack_message(frames: Sequence[Any]) -> bytes:
     return _pack(frames, [memoryview(f).nbytes for f in frames])
 
 
+def unpack_message(buf: memoryview, max_frames: int = MAX_PIPE_FRAMES) -> list[memoryview]:
+    """The frames of one whole framed message (views of `buf`); ProtocolError if the
+    count or sizes do not add up to exactly `buf`."""
+    if buf.nbytes < 4:
+        raise ProtocolError(f"message of {buf.nbytes} bytes has no frame count")
+    (count,) = _COUNT.unpack_from(buf)
+    if not 1 <= count <= max_frames:
+        raise ProtocolError(f"message claims {count} frames; 1..{max_frames} allowed")
+    head = 4 + 4 * count
+    if buf.nbytes < head:
+        raise ProtocolError(f"message of {buf.nbytes} bytes is shorter than its {count} sizes")
+    sizes = _sizes(count).unpack_from(buf, 4)
+    if head + sum(sizes) != buf.nbytes:
+        raise ProtocolError(
+            f"message framing says {head + sum(sizes)} bytes, message has {buf.nbytes}"
+        )
+    frames, at = [], head
+    for size in sizes:
+        frames.append(buf[at : at + size])
+        at += size
+    return frames
+
+
 def small_message(frames: Sequence[Any]) -> bytes | None:
     """A pipe message for a request small enough for the pipe, else None (use ZeroMQ)."""
     if len(frames) > MAX_PIPE_FRAMES:

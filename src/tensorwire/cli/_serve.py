@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         required=True,
         metavar="URL",
-        help="ipc:///path/to.sock or tcp://HOST:PORT (port 0 picks one); repeatable",
+        help="ipc:///path/to.sock, tcp://HOST:PORT or ucx://HOST:PORT (port 0 picks one); "
+        "repeatable",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
@@ -51,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plain tcp without keys (anyone who can connect may run ops)",
+        help="allow plain tcp without keys, and ucx (anyone who can connect may run ops)",
     )
     p.add_argument(
         "--quota-resident-bytes",

@@ -1,15 +1,19 @@
 """`tw.Client`: call ops on a server; numpy in -> numpy out, torch in -> torch out.
 
-Two paths, both on ZeroMQ DEALER sockets:
+Over ipc:// and tcp://, two paths, both on ZeroMQ DEALER sockets:
 - `call` runs on the calling thread with that thread's own socket: send, wait,
   receive. No locks and no hand-off to another thread, so a small call costs
   one wake-up of the server and one of us.
 - `submit` queues the request for a pump thread that owns one more socket and
   keeps many requests in flight on it, completing futures as replies arrive.
+
+Over ucx:// (another host, through ucxx) every request of every thread goes over
+one UCX endpoint; replies are matched to their futures on the UCX loop thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import os
@@ -36,6 +40,7 @@ from ..channel import (
     take_all,
 )
 from ..codec import (
+    DEFAULT_LIMITS,
     BufferPool,
     HandleRef,
     choose,
@@ -62,7 +67,14 @@ from ..errors import (
     TransportError,
 )
 from ..trace import build_trace
-from ..transport import ClientKeys, Transport, client_socket, get_transport, wire_path
+from ..transport import (
+    ClientKeys,
+    Transport,
+    UcxConnection,
+    client_socket,
+    get_transport,
+    wire_path,
+)
 from . import _graph
 from ._cuda_ipc import IpcSender, ipc_results
 from ._pending import Pending, PendingTable
@@ -120,6 +132,10 @@ class Client:
         self._trace_parts: tuple[Any, ...] | None = None
         self._trace: dict[str, Any] = {}
         self._transport: Transport = get_transport(url)
+        self._ucx: UcxConnection | None = None  # ucx:// only; opened by the first request
+        if not self._transport.zmq_socket:
+            self._shm_size = self._shm_request = 0
+            self.shm_reason = "ucx:// carries no shared memory (it is for other hosts)"
         # CurveZMQ keys for tcp: DIR/<key_name>.key_secret and DIR/server.key.
         self._keys = ClientKeys.from_dir(auth_dir, key_name) if auth_dir is not None else None
         self._ids = itertools.count(1)
@@ -161,7 +177,7 @@ class Client:
                 self._shm_size, self._hello_token = 0, secrets.token_hex(16)
                 self.server_info = self._request("hello", "", (), {})
                 self._session = self.server_info.get("session")
-        elif self.transport == "auto":
+        elif self.transport == "auto" and self._transport.zmq_socket:
             self.shm_reason = str(self.server_info.get("shm_reason", "not offered"))
         if require == "shm" and self._channel is None:
             raise TransportError(f"shared memory required but unavailable: {self.shm_reason}")
@@ -188,8 +204,10 @@ class Client:
 
     @property
     def path(self) -> str:
-        """'shm' when bulk tensors go through shared memory, else 'zmq'."""
-        return "shm" if self._channel is not None else "zmq"
+        """'shm' when bulk tensors go through shared memory, else 'zmq' (or 'ucx')."""
+        if self._channel is not None:
+            return "shm"
+        return "zmq" if self._transport.zmq_socket else "ucx"
 
     # -- public surface -------------------------------------------------------------
 
@@ -212,6 +230,10 @@ class Client:
         """
         item, frames = self._prepare("call", op, args, kwargs, _call_options(kwargs))
         item.future = Future()
+        if not self._transport.zmq_socket:
+            connection = self._send_ucx(frames, item)
+            connection.call_later(self.timeout, lambda: self._pending.expire(TimeoutError))
+            return item.future
         if self._pump is None:
             with self._sockets_lock:
                 if self._pump is None:
@@ -301,6 +323,8 @@ class Client:
         self._pending.fail_all(ConnectionClosed("client closed"))
         self._bye()
         self._closed = True
+        if self._ucx is not None:
+            self._ucx.close()
         if self._channel is not None:
             self._channel.close()
         with self._sockets_lock:
@@ -377,6 +401,8 @@ class Client:
         item, frames = self._prepare(kind, op, args, kwargs, extra)
         if timeout is not None:
             item.deadline = time.monotonic() + timeout
+        if not self._transport.zmq_socket:
+            return self._over_ucx(frames, item)
         channel = self._channel
         if channel is not None and channel.pipe is not None and kind in ("call", "graph"):
             message = small_message(frames)
@@ -467,6 +493,41 @@ class Client:
             for frames in pipe.reader.messages():
                 self._complete(frames, lookup)
         return item.outcome()
+
+    def _over_ucx(self, frames: list[Any], item: Pending) -> Any:
+        """Send and wait for the reply, matched on the UCX loop thread.
+
+        No Lazy Pirate here: silence until the deadline is a TimeoutError (the request
+        may still run on the server); a broken endpoint fails its requests with
+        ConnectionClosed, and the next request opens a new one.
+        """
+        future: Future[Any] = Future()
+        item.future = future
+        self._send_ucx(frames, item)
+        concurrent.futures.wait([future], timeout=max(item.deadline - time.monotonic(), 0.0))
+        if not future.done():
+            self._pending.pop(item.rid)
+            raise self._timeout(item)
+        return future.result()
+
+    def _send_ucx(self, frames: list[Any], item: Pending) -> UcxConnection:
+        """Register `item` as pending and send its frames on the (re)opened endpoint."""
+        with self._sockets_lock:
+            if self._closed:
+                raise ConnectionClosed("client is closed")
+            if self._ucx is None or self._ucx.broken:
+                self._ucx = UcxConnection(
+                    self.url, lambda reply: self._complete(reply, self._pending.pop),
+                    self._pending.fail_all, DEFAULT_LIMITS.max_message_bytes,
+                    DEFAULT_LIMITS.max_frames,
+                )
+            connection = self._ucx
+        item.carrier = "ucx"
+        self._pending.add(item.rid, item)
+        connection.send(frames)
+        item.sent_at = time.perf_counter()
+        item.send = item.sent_at - item.sent_at_start
+        return connection
 
     def _timeout(self, item: Pending) -> TimeoutError:
         hint = ""

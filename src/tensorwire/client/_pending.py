@@ -24,7 +24,7 @@ class Pending:
     sent_at_start: float
     sent_at: float = 0.0
     send: float = 0.0
-    carrier: str = "zmq"  # how the messages travelled: "zmq" or "pipe"
+    carrier: str = "zmq"  # how the messages travelled: "zmq", "pipe" or "ucx"
     keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
     sent: list[Any] | None = None  # CUDA tensors sent by IPC: alive until the reply
     done: bool = False

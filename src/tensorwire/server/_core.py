@@ -43,7 +43,14 @@ from ..codec import (
 )
 from ..errors import AuthError, ProtocolError, QuotaExceeded, ServerBusy, SessionExpired
 from ..trace import server_stages
-from ..transport import ServerAuth, Transport, get_transport, server_socket, wire_path
+from ..transport import (
+    ServerAuth,
+    Transport,
+    UcxListener,
+    get_transport,
+    server_socket,
+    wire_path,
+)
 from ._handlers import Handler, error_meta, parse_request
 from ._metrics import Metrics, Observation
 from ._replies import TOO_LARGE, ReplyCache
@@ -61,11 +68,12 @@ DRAIN_BATCH = 64  # messages taken from one socket per turn
 
 @dataclass
 class _Incoming:
-    sock: zmq.Socket[bytes] | None  # None: it came through a session's message pipe
-    ident: Any
+    sock: zmq.Socket[bytes] | None  # None: it came through a session's pipe, or over ucx
+    ident: Any  # zmq routing id, or the ucx peer id
     frames: list[Any]
     arrived: float
     session: Session | None = None
+    ucx: UcxListener | None = None  # the listener whose peer sent it
 
 
 class ServerCore:
@@ -96,6 +104,11 @@ class ServerCore:
                 "tcp needs CurveZMQ keys: pass an auth directory (`tensorwire keys generate "
                 "DIR --name CLIENT`, then --auth-dir DIR), or --insecure for plain tcp"
             )
+        if not insecure and any(u.startswith("ucx://") for u in listen):
+            raise AuthError(
+                "ucx has no authentication (anyone who can reach the port may run ops): "
+                "pass --insecure to serve ucx://"
+            )
         self.auth_dir = auth_dir
         self._auth: ServerAuth | None = None
         backend_impl = make_backend(backend, device)
@@ -111,6 +124,7 @@ class ServerCore:
         self._socks: list[zmq.Socket[bytes]] = []
         self._wire_paths: dict[zmq.Socket[bytes], str] = {}  # per socket, for wire precision
         self._zap_socks: set[zmq.Socket[bytes]] = set()  # the only ones whose peers have keys
+        self._ucx: list[UcxListener] = []
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
         self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
@@ -126,6 +140,9 @@ class ServerCore:
             if self.auth_dir is not None:
                 self._auth = ServerAuth(self._ctx, self.auth_dir)
             for transport, url in self._transports:
+                if not transport.zmq_socket:
+                    self.urls.append(self._listen_ucx(url))
+                    continue
                 sock = server_socket(self._ctx, self.limits.max_message_bytes)
                 if self._auth is not None and transport.scheme == "tcp":
                     self._auth.apply(sock)
@@ -137,6 +154,11 @@ class ServerCore:
             self.close()
             raise
         return self.urls
+
+    def _listen_ucx(self, url: str) -> str:
+        listener = UcxListener(self.limits.max_message_bytes, self.limits.max_frames)
+        self._ucx.append(listener)
+        return listener.bind(url)
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,6 +181,9 @@ class ServerCore:
             for fd, session in pipes.items():
                 if fd in ready:
                     self._drain_pipe(session)
+            for listener in self._ucx:
+                if listener.wake in ready:
+                    self._drain_ucx(listener)
             if self._queue:
                 self._serve_one(self._queue.popleft())
                 served = time.perf_counter()
@@ -172,6 +197,8 @@ class ServerCore:
         poller = zmq.Poller()
         for sock in self._socks:
             poller.register(sock, zmq.POLLIN)
+        for listener in self._ucx:
+            poller.register(listener.wake, zmq.POLLIN)
         return poller
 
     def close(self) -> None:
@@ -180,6 +207,9 @@ class ServerCore:
             sock.close(linger=0)
         self._socks.clear()
         self._zap_socks.clear()
+        for listener in self._ucx:
+            listener.close()
+        self._ucx.clear()
         for (transport, _), url in zip(self._transports, self.urls, strict=False):
             transport.unbind_cleanup(url)
         if self._auth is not None:
@@ -219,6 +249,10 @@ class ServerCore:
         self._inflight[key] -= 1
         if self._inflight[key] <= 0:
             del self._inflight[key]
+
+    def _drain_ucx(self, listener: UcxListener) -> None:
+        for peer, frames in listener.take():
+            self._enqueue(_Incoming(None, peer, frames, time.perf_counter(), ucx=listener))
 
     def _drain_pipe(self, session: Session) -> None:
         pipe = session.channel.pipe if session.channel is not None else None
@@ -268,11 +302,13 @@ class ServerCore:
                 return _from_cache(request.rid, cached), None
             _released(session, decoded.meta)
         channel = session.channel if session is not None else None
-        path = "shm" if channel is not None or item.sock is None else self._wire_paths[item.sock]
+        path = self._path(item, channel is not None)
         narrow = settle_narrowed(request, path, decoded.handles, self._cast_buffers)
         deserialized = time.perf_counter()
         if request.kind == "hello":
             request.meta["user"] = self._user(item)  # the session belongs to this identity
+            if item.ucx is not None:
+                request.meta["host"] = None  # a remote session: no shared memory, no CUDA IPC
         result, compute = self.handler.handle(request, session, decoded.handles)
         if narrow is not None:
             result = mark_narrowed(result, narrow)
@@ -298,6 +334,14 @@ class ServerCore:
         if session is not None and request.kind not in ("hello", "bye"):
             return frames, (session.replies, request.rid)
         return frames, None
+
+    def _path(self, item: _Incoming, shm: bool) -> str:
+        """How this request's bytes travel, for wire precision: "shm", "local" or "tcp"."""
+        if item.ucx is not None:
+            return item.ucx.wire_path
+        if shm or item.sock is None:
+            return "shm"
+        return self._wire_paths[item.sock]
 
     def _decode(self, item: _Incoming) -> tuple[Decoded, Session | None]:
         """The request and the session it names (checked to be the sender's)."""
@@ -350,6 +394,9 @@ class ServerCore:
         return encode(error_meta(rid, exc))
 
     def _reply(self, item: _Incoming, frames: list[Any]) -> None:
+        if item.ucx is not None:
+            item.ucx.reply(item.ident, frames)
+            return
         if item.sock is None:
             self._reply_pipe(item, frames)
             return
@@ -415,7 +462,9 @@ def _caster(wire: Any, path: str, pool: BufferPool) -> Caster | None:
 
 
 def _connection(item: _Incoming) -> Any:
-    """Who a queued request came from: its zmq routing id, or its session's pipe."""
+    """Who a queued request came from: its zmq routing id, ucx peer, or session's pipe."""
+    if item.ucx is not None:
+        return ("ucx", id(item.ucx), item.ident)
     if item.sock is None and item.session is not None:
         return item.session.sid
     # The routing id by value: zmq.Frame objects hash by identity, one per message.

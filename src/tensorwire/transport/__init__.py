@@ -9,6 +9,7 @@ from ._base import (
     scheme_of,
     wire_path,
 )
+from ._ucx import UcxConnection, UcxListener, UcxTransport
 from ._zmq import HWM, IpcTransport, TcpTransport, client_socket, server_socket
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "IpcTransport",
     "TcpTransport",
     "Transport",
+    "UcxConnection",
+    "UcxListener",
+    "UcxTransport",
     "client_socket",
     "get_transport",
     "known_schemes",

@@ -17,6 +17,7 @@ from ..errors import TransportError
 
 class Transport(ABC):
     scheme: ClassVar[str]
+    zmq_socket: ClassVar[bool] = True  # False: the transport brings its own endpoints (ucx)
 
     @classmethod
     def viable(cls) -> tuple[bool, str]:
@@ -54,12 +55,12 @@ _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 
 def wire_path(url: str) -> str:
-    """What the wire is for precision decisions: "tcp" across hosts; "local" for ipc and
-    loopback tcp, where bytes are cheap and narrowing them would only add work."""
+    """What the wire is for precision decisions: "tcp" across hosts (tcp or ucx); "local"
+    for ipc and loopback, where bytes are cheap and narrowing them would only add work."""
     scheme = scheme_of(url)
     host = url[len(scheme) + 3 :].rpartition(":")[0]
-    if scheme == "tcp" and not host.startswith(_LOOPBACK):
-        return "tcp"
+    if scheme in ("tcp", "ucx") and not host.startswith(_LOOPBACK):
+        return "tcp"  # another host: the wire may be the bottleneck
     return "local"
 
 
