@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tensorwire as tw
+from _ipc_wire import PID, RC, descriptor
 from conftest import ServerProcess
 from tensorwire.channel import host_token
 from tensorwire.channel._cuda import IpcDescriptor, IpcImports, LeaseTable
@@ -30,18 +31,11 @@ from tensorwire.server._sessions import Sessions
 from tensorwire.server.ops import default_registry, make_backend
 
 torch = pytest.importorskip("torch")
-PID = 4242
-RC = f"/torch_{PID}_123456_7"
 
 
 def wire(**over: Any) -> dict[str, Any]:
-    d = {
-        "v": 1, "dev": 0, "uuid": "GPU-1234abcd", "h": bytes([2, ord("c")]) + bytes(64),
-        "so": 0, "ss": 4096, "off": 0, "dt": "float32", "sh": [4, 8], "st": [8, 1],
-        "rc": RC, "ro": 3, "ev": None, "pid": PID,
-    }  # fmt: skip
-    d.update(over)
-    return d
+    """A descriptor at the start of its storage, without an event."""
+    return descriptor(**{"so": 0, "off": 0, "ev": None, **over})
 
 
 class CudaLike:

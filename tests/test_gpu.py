@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _ipc_wire import PID, RC, descriptor
 from tensorwire.channel import Arena, ServerChannel
 from tensorwire.channel import _cuda as cu
 from tensorwire.channel._cuda import (
@@ -41,18 +42,7 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none 
 
 # ------------------------------------------------------------------ descriptors (CPU)
 
-PID = 4242
-RC = f"/torch_{PID}_123456_7"
-
-
-def wire(**over: Any) -> dict[str, Any]:
-    d = {
-        "v": 1, "dev": 0, "uuid": "GPU-1234abcd", "h": bytes([2, ord("c")]) + bytes(64),
-        "so": 512, "ss": 4096, "off": 2, "dt": "float32", "sh": [4, 8], "st": [8, 1],
-        "rc": RC, "ro": 3, "ev": bytes(64), "pid": PID,
-    }  # fmt: skip
-    d.update(over)
-    return d
+wire = descriptor  # the name these tests were written with
 
 
 def test_descriptor_round_trips() -> None:
