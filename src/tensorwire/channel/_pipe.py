@@ -9,9 +9,9 @@ Framing: u32 frame count, u32 length per frame, then the frames' bytes. A
 message is written with one write() into a pipe sized to hold it, so a reader
 never waits on a half-written message from a live peer.
 
-Spinning: a process that sleeps in select() gives its CPU back, and on these VMs
-the CPU halts; waking it and refilling its caches made each small call cost about
-three times its warm work (BENCHMARKS.md). So a waiter first polls for up to
+Spinning: a process that sleeps in select() gives its CPU back and wakes slowly on
+VMs like the 2-vCPU one here (with 200 us sleeps between requests, a server's work
+per request grew from 33 to 95 us). So a waiter first polls for up to
 `spin_us` microseconds (client: for its reply, on the pipe or its zmq socket;
 server: after each request, for the next one), and only then sleeps. That spends
 at most that much CPU per call.
