@@ -175,7 +175,7 @@ def test_a_reply_policy_of_another_format_widens():
 
     pool = tw.codec.BufferPool()
     kept = request()
-    assert settle_narrowed(kept, "local", 0, pool) == "float32"
+    assert settle_narrowed(kept, "local", 0, pool) == (np.dtype(ml_dtypes.bfloat16), "float32")
     assert kept.args[0] is narrow
     for req, path, handles in [
         (request(w="float16"), "local", 0),  # the reply would go float16: widen
@@ -188,7 +188,8 @@ def test_a_reply_policy_of_another_format_widens():
     ]:
         assert settle_narrowed(req, path, handles, pool) is None
         assert req.args[0].dtype == np.float32
-    assert settle_narrowed(request(w="auto"), "tcp", 0, pool) == "float32"
+    bf16 = (np.dtype(ml_dtypes.bfloat16), "float32")
+    assert settle_narrowed(request(w="auto"), "tcp", 0, pool) == bf16
 
 
 def test_element_moving_ops_stay_narrow_on_the_torch_backend():
@@ -204,3 +205,13 @@ def test_element_moving_ops_stay_narrow_on_the_torch_backend():
         both = gpu.call("concat", [x, x], axis=1)
         assert _server_casts(server) == before
     np.testing.assert_array_equal(both, np.concatenate([expected, expected], axis=1))
+
+
+def test_only_results_still_in_the_wire_format_are_marked():
+    from tensorwire.server._wire import mark_narrowed
+
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    narrow, other = np.ones(3, bf16), np.ones(3, np.float32)
+    marked = mark_narrowed([narrow, other, 7], (bf16, "float32"))
+    assert marked[0].value is narrow and marked[0].original == "float32"
+    assert marked[1] is other and marked[2] == 7

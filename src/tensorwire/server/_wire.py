@@ -28,9 +28,12 @@ def _tensor(value: Any) -> bool:
     return isinstance(value, Narrowed | np.ndarray)
 
 
-def settle_narrowed(request: Request, path: str, handles: int, pool: BufferPool) -> str | None:
+def settle_narrowed(
+    request: Request, path: str, handles: int, pool: BufferPool
+) -> tuple[np.dtype[Any], str] | None:
     """Widen the request's narrowed arguments in place; or, where they may stay narrow
-    (`_stays_narrow`), unwrap them and return the original dtype name to mark the results."""
+    (`_stays_narrow`), unwrap them and return (their wire dtype, the original dtype name)
+    to mark the results with."""
     tensors: list[Any] = []
     tree_map(tensors.append, [request.args, request.kwargs], _tensor)
     narrowed = [t for t in tensors if isinstance(t, Narrowed)]
@@ -43,12 +46,18 @@ def settle_narrowed(request: Request, path: str, handles: int, pool: BufferPool)
 
     request.args = tree_map(settle, request.args, _narrowed)
     request.kwargs = tree_map(settle, request.kwargs, _narrowed)
-    return narrowed[0].original if keep else None
+    return (narrowed[0].value.dtype, narrowed[0].original) if keep else None
 
 
-def mark_narrowed(result: Any, original: str) -> Any:
-    """Results computed on narrow arguments, marked with the dtype the client sent."""
-    return tree_map(lambda r: Narrowed(r, original), result, lambda v: isinstance(v, np.ndarray))
+def mark_narrowed(result: Any, narrow: tuple[np.dtype[Any], str]) -> Any:
+    """Results computed on narrow arguments, marked with the dtype the client sent (only
+    arrays still in the wire format: anything else goes back as it is)."""
+    dtype, original = narrow
+
+    def mark(r: np.ndarray) -> Any:
+        return Narrowed(r, original) if r.dtype == dtype else r
+
+    return tree_map(mark, result, lambda v: isinstance(v, np.ndarray))
 
 
 def _stays_narrow(request: Request, path: str, narrowed: list[Narrowed]) -> bool:
