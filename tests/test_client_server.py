@@ -112,6 +112,38 @@ def test_submit_timeout_fails_the_future():
             future.result(timeout=5)
 
 
+def test_submit_resends_after_silence_and_the_op_runs_once():
+    """Lazy Pirate for futures: the first reply goes to a connection the pump has dropped
+    (the op outlasts the first attempt's share of the timeout); the resend, on a new
+    connection, is answered from the server's reply cache."""
+    name, runs = "test_slow_first_count", []
+
+    @tw.register_op(name)
+    def slow_first(x):
+        runs.append(1)
+        if len(runs) == 1:
+            time.sleep(1.2)
+        return x + len(runs)
+
+    with tw.Server(backend="numpy") as srv, tw.Client(srv.url, timeout=3.0) as gpu:
+        future = gpu.submit(name, np.zeros(2))  # resent after 1 s (3 s over 3 attempts)
+        np.testing.assert_array_equal(future.result(timeout=10), np.ones(2))
+        assert runs == [1]  # executed once ...
+        received = srv._core.metrics.requests  # ... though received twice (counted just
+        deadline = time.monotonic() + 5  # after the reply went out: wait for the count)
+        while received[("call", name)] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received[("call", name)] == 2
+        np.testing.assert_array_equal(gpu.submit(name, np.zeros(2)).result(timeout=10), [2, 2])
+
+
+def test_submit_without_retries_times_out_instead():
+    sleep = _register_sleep()
+    with tw.Server(backend="numpy") as srv, tw.Client(srv.url, timeout=0.5, retries=0) as gpu:
+        with pytest.raises(tw.TimeoutError):
+            gpu.submit(sleep, np.ones(2), 1.0).result(timeout=5)
+
+
 def test_full_queue_answers_busy():
     sleep = _register_sleep()
     with tw.Server(backend="numpy", max_queue=1) as srv, tw.Client(srv.url) as gpu:
