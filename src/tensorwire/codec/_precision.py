@@ -36,7 +36,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -320,49 +320,40 @@ def _cast(
     out: np.ndarray | None,
     pool: BufferPool | None,
 ) -> np.ndarray:
-    if out is None and pool is not None:
-        fortran = src.flags.f_contiguous and not src.flags.c_contiguous
-        out = pool.empty(src.shape, target, order="F" if fortran else "C")
-    res = _torch_cast(src, target, backend, out)
-    return _numpy_cast(src, target, out) if res is None else res
-
-
-def _numpy_cast(src: np.ndarray, target: np.dtype, out: np.ndarray | None) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        if out is None:
-            return src.astype(target)
-        np.copyto(out, src, casting="unsafe")
+    if out is None:  # C order, or F when src is F-contiguous only
+        order: Literal["C", "F"] = (
+            "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+        )
+        if pool is not None:
+            out = pool.empty(src.shape, target, order=order)
+        else:
+            out = np.empty(src.shape, dtype=target, order=order)
+    if not _torch_cast(src, backend, out):
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(out, src, casting="unsafe")
     return out
 
 
-def _torch_cast(
-    src: np.ndarray, target: np.dtype, backend: str, out: np.ndarray | None = None
-) -> np.ndarray | None:
-    """src cast to target by torch into a numpy-allocated array; None: use numpy instead."""
+def _torch_cast(src: np.ndarray, backend: str, out: np.ndarray) -> bool:
+    """Cast src into out with torch; False: use numpy instead."""
     if backend in ("numpy", "ml_dtypes"):
-        return None
+        return False
     if backend == "auto" and src.nbytes < TORCH_MIN_BYTES:
-        return None
+        return False
     torch = _torch()
     if torch is None:
         if backend == "torch":
             raise ValueError("cast backend 'torch' requested but torch is not installed")
-        return None
-    if any(s < 0 for s in src.strides) or not src.dtype.isnative:
-        return None  # torch.from_numpy refuses these; numpy handles them
-    if out is None:
-        fortran = src.flags.f_contiguous and not src.flags.c_contiguous
-        out = np.empty(src.shape, dtype=target, order="F" if fortran else "C")
-    elif any(s < 0 for s in out.strides):
-        return None
-    if out.size == 0:
-        return out
-    s_np, s_name = _TORCH_VIEW[src.dtype]
-    o_np, o_name = _TORCH_VIEW[target]
-    s_t = torch.from_numpy(_writable_alias(src).view(s_np)).view(getattr(torch, s_name))
-    o_t = torch.from_numpy(out.view(o_np)).view(getattr(torch, o_name))
-    o_t.copy_(s_t)
-    return out
+        return False
+    if any(s < 0 for s in (*src.strides, *out.strides)) or not src.dtype.isnative:
+        return False  # torch.from_numpy refuses these; numpy handles them
+    if out.size:
+        s_np, s_name = _TORCH_VIEW[src.dtype]
+        o_np, o_name = _TORCH_VIEW[out.dtype]
+        s_t = torch.from_numpy(_writable_alias(src).view(s_np)).view(getattr(torch, s_name))
+        o_t = torch.from_numpy(out.view(o_np)).view(getattr(torch, o_name))
+        o_t.copy_(s_t)
+    return True
 
 
 class _Alias:
