@@ -179,6 +179,7 @@ class Decoded:
     paths: list[str] = field(default_factory=list)
     handles: int = 0  # resident-tensor references in the payload
     nbytes: int = 0  # tensor bytes carried
+    narrowed: int = 0  # tensors that came narrowed for the wire (given to the widener)
 
 
 def decode(
@@ -215,7 +216,7 @@ def decode(
         unused = set(range(1, len(frames))) - state.used
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
     return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles,
-                   nbytes=state.nbytes)
+                   nbytes=state.nbytes, narrowed=state.narrowed)
 
 
 def _unpack(
@@ -280,6 +281,7 @@ class _DecodeState:
         self.paths: list[str] = []
         self.handles = 0
         self.nbytes = 0
+        self.narrowed = 0
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_HANDLE:
@@ -306,6 +308,7 @@ class _DecodeState:
         if len(ref) == 5:  # it was narrowed for the wire: widen it back to what was sent
             narrow = self._tensor(name, shape, order, location)
             self.paths[-1] += f"+{name}"
+            self.narrowed += 1
             return self.widener(narrow, ref[4])
         return self._tensor(name, shape, order, location)
 
