@@ -54,7 +54,8 @@ def _child(kind: str, arg: str, n: int) -> None:
 
 def _spawn(kind: str, arg: str, n: int, fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, __file__, "--child", kind, arg, str(n)]
-    env = dict(os.environ, PYTHONPATH=SRC)
+    path = os.environ.get("PYTHONPATH")  # ours first, then what was there
+    env = dict(os.environ, PYTHONPATH=SRC + (os.pathsep + path if path else ""))
     return subprocess.Popen(cmd, env=env, pass_fds=fds)
 
 

@@ -15,6 +15,16 @@ from pathlib import Path
 import pytest
 
 SHM_DIR = Path("/dev/shm")
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child interpreter: this checkout's src first on PYTHONPATH,
+    ahead of (not instead of) what is there, where packages may have been put by hand."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else ""),
+            "PYTHONUNBUFFERED": "1", **extra}
+
 # ucx:// is tested only where the optional ucxx imports, on one machine: over UCX's tcp and
 # shared-memory transports (set before any process of this run loads UCX).
 HAVE_UCX = importlib.util.find_spec("ucxx") is not None

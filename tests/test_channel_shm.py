@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorwire.channel as ch
+from conftest import child_env
 from tensorwire.channel import (
     ALIGNMENT,
     Arena,
@@ -31,7 +32,6 @@ from tensorwire.channel import (
 from tensorwire.errors import TensorwireError, TransportError
 
 SHM = "/dev/shm"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 _spawned: set[int] = {os.getpid()}
 
 
@@ -59,7 +59,7 @@ def no_leftover_segments() -> Iterator[None]:
 
 def run_child(code: str, *args: str, wrapper: list[str] | None = None) -> tuple[int, str, str]:
     """Run ``code`` in a fresh interpreter with warnings as errors; returns rc, out, err."""
-    env = dict(os.environ, PYTHONPATH=SRC)
+    env = child_env()
     cmd = [*(wrapper or []), sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _spawned.add(proc.pid)
@@ -423,7 +423,7 @@ def test_doorbell_round_trip_with_child_and_cleanup(tmp_path: Path) -> None:
                 bell.name,
                 str(tmp_path),
             ],
-            env=dict(os.environ, PYTHONPATH=SRC),
+            env=child_env(),
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -9,7 +9,6 @@ device check's behaviour without a GPU.
 from __future__ import annotations
 
 import gc
-import os
 import subprocess
 import sys
 import warnings
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from _ipc_wire import PID, RC, descriptor
+from conftest import child_env
 from tensorwire.channel import Arena, ServerChannel
 from tensorwire.channel import _cuda as cu
 from tensorwire.channel._cuda import (
@@ -105,7 +105,12 @@ def test_ref_counter_file_checks(tmp_path: Path) -> None:
     (tmp_path / RC.lstrip("/")).write_bytes(bytes(100))
     with pytest.raises(CudaIpcRefused, match="wrong size"):
         cu.check_ref_counter_file(desc, shm_dir=str(tmp_path))
+    (tmp_path / RC.lstrip("/")).write_bytes(bytes(80000 + 8192))
+    with pytest.raises(CudaIpcRefused, match="wrong size"):
+        cu.check_ref_counter_file(desc, shm_dir=str(tmp_path))
     (tmp_path / RC.lstrip("/")).write_bytes(bytes(80000))
+    cu.check_ref_counter_file(desc, shm_dir=str(tmp_path))
+    (tmp_path / RC.lstrip("/")).write_bytes(bytes(80064))  # torch 2.11's file: a 64-byte header
     cu.check_ref_counter_file(desc, shm_dir=str(tmp_path))
     with pytest.raises(CudaIpcRefused, match="another process"):
         cu.check_ref_counter_file(desc, shm_dir=str(tmp_path), expected_pid=PID + 1)
@@ -457,7 +462,7 @@ def _producer(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, Any
 
     proc = subprocess.Popen([sys.executable, "-c", PRODUCER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env})
+                            env=child_env(**env))
     assert proc.stdout is not None
     return proc, msgpack.unpackb(bytes.fromhex(proc.stdout.readline().strip()))
 
@@ -550,8 +555,25 @@ with tw.Client(sys.argv[1]) as gpu:
 @pytest.mark.gpu
 @needs_cuda
 def test_client_refuses_expandable_segments(cuda_server: Any) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"),
-           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    env = child_env(PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
     proc = subprocess.run([sys.executable, "-c", CLIENT, cuda_server.url], env=env,
                           capture_output=True, text=True, timeout=120)
     assert "refused:" in proc.stdout and "expandable" in proc.stdout, proc.stderr
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_results_are_copied_straight_into_the_arena(cuda_server: Any) -> None:
+    import tensorwire as tw
+
+    x = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    with tw.Client(cuda_server.url, shm_size=64 << 20) as gpu:
+        xa = gpu.asarray(x)
+        np.testing.assert_array_equal(gpu.neg(xa), -x)
+        trace = gpu.last_trace
+        assert trace["paths"]["reply"] == ["shm(direct)"], trace["paths"]
+        assert trace["paths"]["h2d"] == "pinned" and trace["device_to_host"] > 0
+        with gpu.graph() as g:
+            out = g.relu(g.neg(g.input("x")))
+        np.testing.assert_array_equal(g.run(out, x=xa), np.maximum(-x, 0))
+        assert gpu.last_trace["paths"]["reply"] == ["shm(direct)"], gpu.last_trace["paths"]

@@ -28,13 +28,12 @@ import numpy as np
 import pytest
 
 import tensorwire as tw
-from conftest import ServerProcess
+from conftest import ServerProcess, child_env
 
 KIB = 1 << 10
 MIB = 1 << 20
 N_256K = 64 * KIB  # float32 elements in 256 KiB: above the 64 KiB inline threshold
 SEGMENT_NAME = re.compile(r"tensorwire-([0-9]+)-[0-9a-f]{24}")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -76,12 +75,6 @@ def paths(client: tw.Client) -> tuple[list[str], list[str]]:
     """The path of each request and reply tensor, as the last trace names them."""
     trace = client.last_trace["paths"]
     return trace["request"], trace["reply"]
-
-
-def child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": SRC + (os.pathsep + path if path else ""),
-            "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture

@@ -60,6 +60,31 @@ def test_integers_bools_and_exact_are_never_cast(tcp_server):
         np.testing.assert_array_equal(gpu.neg(tw.exact(x), wire_dtype=None), -x)
 
 
+@pytest.mark.parametrize("wire", ["bfloat16", "float16"])
+def test_cached_put_over_a_narrow_wire(wire):
+    # The server widens what it receives and checks the content hash on that, so the
+    # client hashes the tensor as it will arrive, not as it left.
+    w = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    held = w.astype(ml_dtypes.bfloat16 if wire == "bfloat16" else np.float16).astype(np.float32)
+    with tw.Server(listen=["tcp://127.0.0.1:0"], backend="numpy", insecure=True) as server:
+        kinds = []
+        handle = server._core.handler.handle
+
+        def counting(req, session, handles):
+            if req.kind != "hello":
+                kinds.append(req.kind)
+            return handle(req, session, handles)
+
+        server._core.handler.handle = counting
+        with tw.Client(server.url, transport="zmq", wire_dtype=wire) as gpu:
+            first = gpu.put(w, cache=True)
+            np.testing.assert_array_equal(gpu.fetch(first), held)
+            assert kinds == ["has", "put", "fetch"]
+            again = gpu.put(w.copy(), cache=True)  # found by its hash: no bytes this time
+            assert kinds[3:] == ["has"]
+            np.testing.assert_array_equal(gpu.fetch(again), held)
+
+
 def test_server_computes_in_the_original_dtype(tcp_server):
     x = np.full(4, 1.0 + 2**-20, np.float64)
     with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:

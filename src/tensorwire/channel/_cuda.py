@@ -83,6 +83,9 @@ HANDLE_CUDA_MALLOC = ord("c")
 HANDLE_EXPANDABLE = ord("e")
 CUDA_IPC_HANDLE_SIZE = 64  # cudaIpcMemHandle_t / cudaIpcEventHandle_t
 REF_COUNTER_SLOTS = 10000  # torch::CUDA_IPC_REF_COUNTER_FILE_SIZE (int64 slots per file)
+# torch maps the counter file with a RefcountedMapAllocator, whose small header precedes
+# the slots: the file is a little larger than the slots alone.
+REF_COUNTER_HEADER_MAX = 4096
 MAX_DIMS = 32
 MAX_DEVICES = 64
 MAX_RELEASES = 4096  # imports one request may release
@@ -401,7 +404,7 @@ def check_ref_counter_file(desc: IpcDescriptor, *, shm_dir: str = SHM_DIR,
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
         raise CudaIpcRefused("CUDA IPC: the producer's ref-counter file is not a regular "
                              "file owned by this user")
-    if st.st_size != 8 * REF_COUNTER_SLOTS:
+    if not 8 * REF_COUNTER_SLOTS <= st.st_size <= 8 * REF_COUNTER_SLOTS + REF_COUNTER_HEADER_MAX:
         raise CudaIpcRefused("CUDA IPC: the producer's ref-counter file has the wrong size")
 
 

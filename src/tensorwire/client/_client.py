@@ -278,7 +278,7 @@ class Client:
         arr = x if isinstance(x, np.ndarray) else to_numpy(x)
         if not cache:
             return self._handle(self._request("put", "", (arr,), {}))
-        digest = content_digest(arr)
+        digest = content_digest(self._as_received(arr))
         ref = self._request("has", "", (), {}, extra={"digest": digest})
         if ref is None:
             ref = self._request("put", "", (arr,), {}, extra={"digest": digest})
@@ -658,6 +658,14 @@ class Client:
                            pool=self._cast_buffers)
 
         return cast
+
+    def _as_received(self, arr: np.ndarray) -> np.ndarray:
+        """`arr` as the server will hold it: through the wire's precision and back (a
+        narrowed upload is widened there, and its content hash is checked on that)."""
+        if self.wire_dtype is None:
+            return arr
+        narrow, original = self._caster(self.wire_dtype)(arr)
+        return arr if original is None else from_wire(narrow, original)
 
     def _widen(self, narrow: np.ndarray, original: str) -> np.ndarray:
         return from_wire(narrow, original, pool=self._cast_buffers)

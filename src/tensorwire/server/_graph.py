@@ -125,7 +125,7 @@ def run_graph(handler: Handler, req: Request, session: Session | None) -> dict[s
     arena = channel.output_allocator() if channel is not None else None
     results = _execute(handler, plan, values, arena)
     wire = [v for v in (*consts, *inputs.values()) if isinstance(v, np.ndarray)]
-    return {"o": _reply(handler, session, out, results, wire), "mode": plan.mode,
+    return {"o": _reply(handler, session, out, results, wire, arena), "mode": plan.mode,
             "plan": "hit" if hit else "miss"}
 
 
@@ -395,10 +395,11 @@ def _execute(
 
 
 def _reply(handler: Handler, session: Session | None, out: str, results: list[Any],
-           wire: list[np.ndarray]) -> list[Any]:
+           wire: list[np.ndarray], arena: Any = None) -> list[Any]:
     backend = handler.backend
     if out == "local":
-        return [tree_map(backend.to_wire, r, backend.is_tensor) for r in results]
+        with outputs_into(arena):  # device results are copied straight into the reply's arena
+            return [tree_map(backend.to_wire, r, backend.is_tensor) for r in results]
     if session is None:
         raise ProtocolError("out='remote' needs a session (hello first)")
     store = session.store

@@ -123,9 +123,9 @@ class Handler:
         kwargs = tree_map(lambda v: self._native(v, store, ipc), req.kwargs, _is_leaf)
         with outputs_into(_reply_arena(session) if out == "local" else None):
             result = self.registry.call_native(req.op, self.backend, args, kwargs)
-        if out == "remote":
-            return tree_map(lambda t: store.add(ipc.owned(t)), result, self.backend.is_tensor)
-        return tree_map(ipc.to_reply, result, self.backend.is_tensor)
+            if out == "local":  # device results are copied straight into the reply's arena
+                return tree_map(ipc.to_reply, result, self.backend.is_tensor)
+        return tree_map(lambda t: store.add(ipc.owned(t)), result, self.backend.is_tensor)
 
     def _native(self, value: Any, store: ResidentStore, ipc: IpcCall) -> Any:
         if isinstance(value, HandleRef):

@@ -18,14 +18,19 @@ Allocator = Callable[[tuple[int, ...], np.dtype], "np.ndarray | None"]
 _ALLOCATOR: ContextVar[Allocator | None] = ContextVar("tensorwire_output", default=None)
 
 
+def reply_output(shape: Any, dtype: Any) -> np.ndarray | None:
+    """A block of the reply's arena for a result, or None: no arena installed (the result is
+    not going straight back), too small to go by the arena, or the arena is full."""
+    allocate = _ALLOCATOR.get()
+    if allocate is None:
+        return None
+    return allocate(tuple(int(d) for d in shape), np.dtype(dtype))
+
+
 def new_output(shape: Any, dtype: Any) -> np.ndarray:
     """An uninitialised result array: in the reply's arena when one is installed and fits."""
-    allocate = _ALLOCATOR.get()
-    if allocate is not None:
-        arr = allocate(tuple(int(d) for d in shape), np.dtype(dtype))
-        if arr is not None:
-            return arr
-    return np.empty(shape, dtype)
+    arr = reply_output(shape, dtype)
+    return arr if arr is not None else np.empty(shape, dtype)
 
 
 class outputs_into:  # noqa: N801 - used like the function it replaced

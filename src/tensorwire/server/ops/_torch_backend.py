@@ -23,6 +23,7 @@ import torch
 
 from ...channel._cuda import is_registered
 from ._backend import Backend, contiguous
+from ._output import reply_output
 from ._table import check_kernels
 from ._torch_kernels import KERNELS
 
@@ -53,6 +54,16 @@ def _host_tensor(arr: np.ndarray) -> torch.Tensor:
     if arr.dtype == _BF16:
         return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(arr)
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {torch.bfloat16: _BF16}
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    found = _NUMPY_DTYPES.get(dtype)
+    if found is None:
+        found = _NUMPY_DTYPES[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+    return found
 
 
 def _host_numpy(t: torch.Tensor) -> np.ndarray:
@@ -197,19 +208,19 @@ class TorchBackend(Backend):
         return contiguous(_host_numpy(t))
 
     def _to_host(self, t: torch.Tensor) -> np.ndarray:
-        """Device -> host through a page-locked staging buffer, timed by events."""
+        """Device -> host, timed by events: straight into the reply's arena when the result
+        goes back to a same-host client (one DMA, nothing to copy when replying), else
+        through a page-locked staging buffer."""
         if not self._cuda or self._timer is None:  # a CUDA tensor on a CPU backend
             return contiguous(_host_numpy(t.contiguous().cpu().resolve_conj().resolve_neg()))
-        self._use_stream()
-        timer = self._timer
         t = t.resolve_conj().resolve_neg().contiguous()  # on the device, where it is cheap
-        nbytes = t.numel() * t.element_size()
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=nbytes >= PINNED_D2H_MIN)
-        start = timer.event()
-        host.copy_(t, non_blocking=True)
-        end = timer.event()
-        timer.span("d2h", start, end)
-        end.synchronize()
+        dst = reply_output(tuple(t.shape), _numpy_dtype(t.dtype))
+        if dst is not None:
+            self._d2h(t, _host_tensor(dst), is_registered(dst.ctypes.data, dst.nbytes))
+            return dst
+        pin = t.numel() * t.element_size() >= PINNED_D2H_MIN
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+        self._d2h(t, host, pin)
         return contiguous(_host_numpy(host))
 
     def copy_to_host(self, value: Any, dst: np.ndarray) -> None:
@@ -228,10 +239,15 @@ class TorchBackend(Backend):
         if t.device.type == "cpu" or not self._cuda or self._timer is None:
             out.copy_(t)
             return
+        self._d2h(t, out, is_registered(dst.ctypes.data, dst.nbytes))
+
+    def _d2h(self, t: torch.Tensor, out: torch.Tensor, pinned: bool) -> None:
+        """One timed device-to-host copy on the backend's stream; returns once it is done."""
         self._use_stream()
         timer = self._timer
+        assert timer is not None
         start = timer.event()
-        out.copy_(t, non_blocking=is_registered(dst.ctypes.data, dst.nbytes))
+        out.copy_(t, non_blocking=pinned)
         end = timer.event()
         timer.span("d2h", start, end)
         end.synchronize()

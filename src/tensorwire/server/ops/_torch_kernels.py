@@ -35,7 +35,21 @@ _kernel("add")(lambda a, b: a + b)
 _kernel("sub")(lambda a, b: a - b)
 _kernel("mul")(lambda a, b: a * b)
 _kernel("div")(lambda a, b: a / b)
-_kernel("matmul")(lambda a, b: torch.matmul(a, b))
+
+
+def _integer_on_cuda(t: Any) -> bool:
+    # cuBLAS has no integer matrix products ("addmm_cuda not implemented for 'Long'"): those
+    # run on the CPU and come back, exact, rather than failing or rounding through floats.
+    return bool(t.is_cuda and not (t.is_floating_point() or t.is_complex()))
+
+
+@_kernel("matmul")
+def _matmul(a: Any, b: Any) -> Any:
+    if _integer_on_cuda(a):
+        return torch.matmul(a.cpu(), b.cpu()).to(a.device)
+    return torch.matmul(a, b)
+
+
 _UNARY: dict[str, Callable[[Any], Any]] = {
     "neg": torch.neg, "tanh": torch.tanh, "exp": torch.exp, "log": torch.log,
     "relu": torch.relu, "sigmoid": torch.sigmoid, "silu": F.silu,
@@ -52,6 +66,9 @@ def _softmax(x: Any, axis: Any = -1) -> Any:
 
 @_kernel("linear")
 def _linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    if _integer_on_cuda(x):
+        host = None if bias is None else bias.cpu()
+        return F.linear(x.cpu(), weight.cpu(), host).to(x.device)
     return F.linear(x, weight, bias)
 
 
