@@ -354,6 +354,15 @@ def check_ipc(report: Report, nbytes: int, reps: int) -> None:
                     return
                 for name, size in (("big", nbytes), ("small", 1 << 20)):
                     _ipc_pass(report, gpu, torch, name, size, reps)
+                small = np.ones(256, np.float32)  # the floor: any call's round trip here
+                floor = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    gpu.identity(small)
+                    floor.append(time.perf_counter() - t0)
+                report.add("ipc", "1 KB numpy identity, same client (the call floor)",
+                           _us(statistics.median(floor)), "-", "INFO",
+                           f"path={gpu.last_trace.get('paths', {}).get('message')}")
             env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
             proc = subprocess.run([sys.executable, "-c", REFUSER, str(SRC), url], env=env,
                                   capture_output=True, text=True, timeout=120)
@@ -371,20 +380,23 @@ def _ipc_pass(report: Report, gpu: Any, torch: Any, name: str, nbytes: int, reps
     back = gpu.identity(t)  # the first pass opens the allocation on the server
     cold = time.perf_counter() - t0
     ok = back.data_ptr() == t.data_ptr() and back.device == t.device and torch.equal(back, t)
-    warm = []
+    warm, traces = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
         gpu.identity(t)
         warm.append(time.perf_counter() - t0)
+        traces.append(dict(gpu.last_trace))
     med = statistics.median(warm)
-    trace = dict(gpu.last_trace)
+    stages = {k: statistics.median(tr[k] for tr in traces) for k, v in traces[0].items()
+              if isinstance(v, float)}
     report.details[f"ipc_{name}"] = {"cold_s": cold, "warm_s": warm, "correct": ok,
-                                     "trace": trace}
+                                     "trace": traces[-1], "median_stages_s": stages}
     report.add("ipc", f"CUDA IPC pass via Client, {nbytes >> 20} MB identity",
                _us(med), f"<= {_us(IPC_TARGET_S)}",
                "PASS" if med <= IPC_TARGET_S and ok else "FAIL",
                f"first call {_us(cold)}; view of the argument {'ok' if ok else 'WRONG'}; "
-               f"paths={trace.get('paths', {}).get('request')}")
+               f"paths={traces[-1].get('paths', {}).get('request')}; medians: "
+               + " ".join(f"{k}={v * 1e6:.0f}" for k, v in stages.items() if k != "total"))
     del t, back
 
 

@@ -22,7 +22,7 @@ from _ipc_wire import PID, RC, descriptor
 from conftest import ServerProcess
 from tensorwire.channel import host_token
 from tensorwire.channel._cuda import IpcDescriptor, IpcImports, LeaseTable
-from tensorwire.client._cuda_ipc import IpcSender, ipc_results
+from tensorwire.client._cuda_ipc import IpcSender, _Shared, ipc_results
 from tensorwire.codec import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, decode, encode_payload
 from tensorwire.errors import ProtocolError
 from tensorwire.server._handlers import Handler, Request
@@ -264,10 +264,14 @@ def test_handler_refusal_names_the_argument() -> None:
 
 
 def test_client_releases_storages_it_dropped() -> None:
+    from torch.multiprocessing.reductions import StorageWeakRef
+
     sender = IpcSender({"ipc": True})
     t = torch.ones(4)
-    key = (b"h", 0, 16)
-    sender.remember(key, t.untyped_storage())
+    storage = t.untyped_storage()
+    sender._shared[storage._cdata] = _Shared(StorageWeakRef(storage), {"h": b"h", "so": 0,
+                                                                        "ss": 16}, 0.0)
+    del storage
     view = t[1:]
     del t
     gc.collect()

@@ -537,7 +537,7 @@ def test_client_sends_cuda_tensors_by_ipc(cuda_server: Any) -> None:
         del same, tt, t
         gc.collect()
         gpu.identity(np.ones(2))  # carries the release of t's storage ("fi")
-        assert not gpu._ipc._sent
+        assert not gpu._ipc._shared
 
 
 CLIENT = r"""
@@ -577,3 +577,16 @@ def test_cuda_results_are_copied_straight_into_the_arena(cuda_server: Any) -> No
             out = g.relu(g.neg(g.input("x")))
         np.testing.assert_array_equal(g.run(out, x=xa), np.maximum(-x, 0))
         assert gpu.last_trace["paths"]["reply"] == ["shm(direct)"], gpu.last_trace["paths"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_client_shares_a_storage_once_and_orders_by_its_event(cuda_server: Any) -> None:
+    import tensorwire as tw
+
+    with tw.Client(cuda_server.url) as gpu:
+        t = torch.zeros(1 << 22, device="cuda")
+        for i in range(1, 4):
+            t.add_(1)  # queued on the client's stream just before the request
+            assert float(gpu.sum(t[1:])) == i * ((1 << 22) - 1)
+        assert len(gpu._ipc._shared) == 1  # one share, reused by every call and view

@@ -70,9 +70,11 @@ __all__ = [
     "allocator_refusal",
     "cuda_available",
     "export_ipc",
+    "exportable",
     "is_registered",
     "open_ipc",
     "register_host",
+    "share_storage",
     "registered_bytes",
     "unregister_host",
 ]
@@ -430,13 +432,10 @@ def local_device_for(uuid: str, *, uuids: list[str] | None = None) -> int:
                          "works only between processes on the same GPU and host)")
 
 
-def export_ipc(tensor: Any) -> IpcDescriptor:
-    """The descriptor of a torch CUDA tensor (the client side). Refuses what cannot travel.
+def exportable(tensor: Any) -> tuple[Any, str]:
+    """(tensor, its dtype's name) when it can be sent by CUDA IPC; CudaIpcRefused says why not.
 
-    The caller keeps ``tensor`` alive (and unmodified) until the server released it; torch's
-    producer bookkeeping additionally keeps the memory out of reuse until the consumer drops
-    it (``torch.cuda.ipc_collect()`` frees it afterwards).
-    """
+    Checks the tensor itself (cheap, per call); ``share_storage`` checks its memory."""
     import torch
 
     if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
@@ -448,6 +447,19 @@ def export_ipc(tensor: Any) -> IpcDescriptor:
     dtype = str(tensor.dtype).removeprefix("torch.")
     if dtype not in ITEMSIZE:
         raise CudaIpcRefused(f"dtype {dtype} cannot be sent by CUDA IPC")
+    return tensor, dtype
+
+
+def share_storage(tensor: Any) -> dict[str, Any]:
+    """The storage half of a descriptor's wire map (torch's ``_share_cuda_``), the client side.
+
+    Each call takes a new slot in torch's producer ref-counter file, which the importer
+    releases: share a storage once and reuse the map for every tensor on it. The caller keeps
+    the storage alive (and unmodified) until the server released it; torch's producer
+    bookkeeping additionally keeps the memory out of reuse until the consumer drops it
+    (``torch.cuda.ipc_collect()`` frees it afterwards). "ev" is torch's IPC event, to wait on
+    before reading, or None.
+    """
     reason = allocator_refusal()
     if reason is not None:
         raise CudaIpcRefused(reason)
@@ -463,21 +475,33 @@ def export_ipc(tensor: Any) -> IpcDescriptor:
     if handle is None:
         raise CudaIpcRefused("an empty CUDA tensor has no memory to share")
     check_handle(bytes(handle))
-    return IpcDescriptor(
-        device=int(device), uuid=_uuid_of(int(device)), handle=bytes(handle),
-        storage_offset=int(offset), storage_size=int(size), offset=int(tensor.storage_offset()),
-        dtype=dtype, shape=tuple(tensor.shape), strides=tuple(tensor.stride()),
-        ref_counter=bytes(ref_counter).decode(), ref_offset=int(ref_offset),
-        event=bytes(event) if event_required else b"", pid=os.getpid(),
-    )  # fmt: skip
+    return {
+        "v": IPC_VERSION, "dev": int(device), "uuid": _uuid_of(int(device)), "h": bytes(handle),
+        "so": int(offset), "ss": int(size), "rc": bytes(ref_counter).decode(),
+        "ro": int(ref_offset), "ev": bytes(event) if event_required else None,
+        "pid": os.getpid(),
+    }  # fmt: skip
+
+
+def view_fields(tensor: Any, dtype: str) -> dict[str, Any]:
+    """The tensor half of a descriptor's wire map: where the tensor lies in its storage."""
+    return {"off": int(tensor.storage_offset()), "dt": dtype, "sh": list(tensor.shape),
+            "st": list(tensor.stride())}
+
+
+def export_ipc(tensor: Any) -> IpcDescriptor:
+    """The descriptor of a torch CUDA tensor (the client side). Refuses what cannot travel."""
+    tensor, dtype = exportable(tensor)
+    return IpcDescriptor.from_wire({**share_storage(tensor), **view_fields(tensor, dtype)})
 
 
 def open_ipc(desc: IpcDescriptor, *, expected_pid: int | None = None,
-             shm_dir: str = SHM_DIR, stream: Any = None) -> Any:
+             shm_dir: str = SHM_DIR, stream: Any = None, wait_event: bool = True) -> Any:
     """Open a validated descriptor as a torch tensor on this server's device (the server side).
 
-    Waits (on ``stream``, else the current stream) for the producer's event when it sent
-    one. The tensor aliases the client's memory: drop it (or let its lease expire) promptly.
+    With ``wait_event``, waits (on ``stream``, else the current stream) for the producer's
+    event when it sent one; ``IpcImports`` waits itself, on events it keeps open. The tensor
+    aliases the client's memory: drop it (or let its lease expire) promptly.
     """
     import torch
 
@@ -489,11 +513,15 @@ def open_ipc(desc: IpcDescriptor, *, expected_pid: int | None = None,
         _check_allocation(storage.data_ptr(), desc.storage_size)
         out = torch.empty(0, dtype=getattr(torch, desc.dtype), device=f"cuda:{index}")
         out.set_(storage, desc.offset, desc.shape, desc.strides)
+    if wait_event and desc.event:
+        event = torch.cuda.Event.from_ipc_handle(out.device, desc.event)  # type: ignore[no-untyped-call]
+        (stream or torch.cuda.current_stream(out.device)).wait_event(event)
     return out
 
 
 def _open_storage(desc: IpcDescriptor, stream: Any) -> tuple[int, Any]:
-    """torch's ``_new_shared_cuda`` on the GPU with the descriptor's UUID (waits its event).
+    """torch's ``_new_shared_cuda`` on the GPU with the descriptor's UUID (the event is
+    waited on by the caller).
 
     Until a storage owns the producer's counter slot, a failure must give the slot back.
     """
@@ -505,8 +533,7 @@ def _open_storage(desc: IpcDescriptor, stream: Any) -> tuple[int, Any]:
         with torch.cuda.device(index), ctx:
             storage = torch.UntypedStorage._new_shared_cuda(
                 index, desc.handle, desc.storage_size, desc.storage_offset,
-                desc.ref_counter.encode(), desc.ref_offset,
-                desc.event or bytes(CUDA_IPC_HANDLE_SIZE), bool(desc.event),
+                desc.ref_counter.encode(), desc.ref_offset, bytes(CUDA_IPC_HANDLE_SIZE), False,
             )  # fmt: skip
     except CudaIpcRefused:
         release_slot(desc)
@@ -702,19 +729,21 @@ class IpcImports:
             if len(self.leases) >= self.leases.max_leases:
                 self.leases.reap()  # expired imports make room before "too many" is said
             base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
-                              stream=stream)
+                              stream=stream, wait_event=False)
             self.leases.add(key, _Import(base, {slot}))  # the storage's deleter frees slot
-            return base
-        # Already open. A fresh export of the same memory took a new ref-counter slot in the
-        # producer: release it at once (torch's own rebuild does the same on a cache hit).
-        # The same descriptor again holds no new slot. Wait for its event, if it sent one.
-        check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
-        if slot not in entry.slots:
-            entry.slots.add(slot)
-            self._release_slot(desc, entry.base)
-        if desc.event:
-            self._wait_event(desc.event, entry.base, stream)
-        return _view_like(entry.base, desc)
+            view = base
+        else:
+            # Already open. A fresh export of the same memory took a new ref-counter slot in
+            # the producer: release it at once (torch's own rebuild does the same on a cache
+            # hit). The same storage export again (clients reuse theirs) holds no new slot.
+            check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
+            if slot not in entry.slots:
+                entry.slots.add(slot)
+                self._release_slot(desc, entry.base)
+            view = _view_like(entry.base, desc)
+        if desc.event:  # the client's writes before the request, on its stream
+            self._wait_event(desc.event, view, stream)
+        return view
 
     def release(self, keys: Any) -> int:
         """Drop the imports of storages the client says it no longer holds ("fi").

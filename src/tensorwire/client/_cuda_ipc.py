@@ -23,26 +23,40 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..channel._cuda import ITEMSIZE, CudaIpcRefused, export_ipc
+from ..channel._cuda import ITEMSIZE, CudaIpcRefused, exportable, share_storage, view_fields
 from ..codec import IpcRef, tree_map
 from ..errors import ProtocolError
 
 KDL_CUDA, KDL_CUDA_MANAGED = 2, 13  # DLPack device types of CUDA memory
+# A shared storage unused for this long is shared anew (a fresh ref-counter slot) before it
+# is sent again: the server's import of it may have expired (its lease: 30 s, renewed on
+# use), and reopening an import on a slot the old one already gave back would count it twice.
+RESHARE_AFTER_S = 10.0
 
 
 class IpcSender:
-    """This session's CUDA IPC: whether the server takes it, and which storages were sent."""
+    """This session's CUDA IPC: whether the server takes it, and which storages were sent.
+
+    A storage is shared once (torch's ``_share_cuda_`` takes a producer ref-counter slot and
+    makes an IPC event each time, and the server would open each event anew): its descriptor
+    is reused for every later tensor on it, for as long as it lives here. Ordering comes from
+    one interprocess event per device, recorded on the current stream before each request
+    that sends tensors of that device; the server opens it once and waits on it.
+    """
 
     def __init__(self, server_info: dict[str, Any]) -> None:
         self.enabled = server_info.get("ipc") is True
         reason = server_info.get("ipc_reason")
         self.reason = reason if isinstance(reason, str) and reason else (
             "the server does not accept CUDA IPC")
-        self._sent: dict[tuple[bytes, int, int], Any] = {}  # import key -> storage weak ref
+        self._shared: dict[int, _Shared] = {}  # storage (its StorageImpl address) -> export
+        self._events: dict[int, tuple[Any, bytes]] = {}  # device -> (IPC event, its handle)
         self._lock = threading.Lock()
 
     def exporter(self, kind: str) -> Export | None:
@@ -51,21 +65,60 @@ class IpcSender:
             return None
         return Export(self, kind == "call")
 
-    def remember(self, key: tuple[bytes, int, int], storage: Any) -> None:
+    def storage_map(self, tensor: Any) -> dict[str, Any]:
+        """The storage half of the tensor's descriptor: shared on first use, then reused."""
         from torch.multiprocessing.reductions import StorageWeakRef
 
+        storage = tensor.untyped_storage()
+        # The StorageImpl's address: our weak reference keeps it from being reused by
+        # another storage until the entry is taken out (take_released).
+        key = storage._cdata
+        now = time.monotonic()
         with self._lock:
-            self._sent[key] = StorageWeakRef(storage)  # type: ignore[no-untyped-call]
+            shared = self._shared.get(key)
+            if shared is not None and now - shared.used < RESHARE_AFTER_S:
+                shared.used = now
+                return shared.wire
+        wire = share_storage(tensor)  # CudaIpcRefused says why memory cannot be shared
+        with self._lock:
+            self._shared[key] = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
+        return wire
+
+    def event_handle(self, device: int) -> bytes:
+        """Record this device's IPC event on its current stream; its handle for the server."""
+        import torch
+
+        with self._lock:
+            found = self._events.get(device)
+            if found is None:
+                event = torch.cuda.Event(interprocess=True)  # type: ignore[no-untyped-call]
+                event.record(torch.cuda.current_stream(device))
+                handle = bytes(event.ipc_handle())  # type: ignore[no-untyped-call]
+                found = self._events[device] = (event, handle)
+                return found[1]
+        found[0].record(torch.cuda.current_stream(device))
+        return found[1]
 
     def take_released(self) -> list[list[Any]] | None:
-        """Storages sent earlier and garbage-collected since: the server may drop them."""
-        if not self._sent:
+        """Storages shared earlier and garbage-collected since: the server may drop them."""
+        if not self._shared:
             return None
         with self._lock:
-            gone = [k for k, ref in self._sent.items() if ref.expired()]
-            for k in gone:
-                del self._sent[k]
-        return [list(k) for k in gone] or None
+            gone = [k for k, shared in self._shared.items() if shared.ref.expired()]
+            keys = [_import_key(self._shared.pop(k).wire) for k in gone]
+        return keys or None
+
+
+@dataclass
+class _Shared:
+    ref: Any  # StorageWeakRef: expired once the client holds no tensor on the storage
+    wire: dict[str, Any]  # the storage half of the descriptor
+    used: float  # when it was last sent (time.monotonic)
+
+
+def _import_key(wire: dict[str, Any]) -> list[Any]:
+    """What the server's imports are keyed and released by: [handle, offset, size]."""
+    return [wire["h"], wire["so"], wire["ss"]]
 
 
 class Export:
@@ -74,6 +127,7 @@ class Export:
     def __init__(self, sender: IpcSender, is_call: bool) -> None:
         self.sender, self.is_call = sender, is_call
         self.sent: list[Any] = []  # the tensors, by reference index
+        self._events: dict[int, bytes] = {}  # device -> event handle, recorded once
 
     def __call__(self, obj: Any) -> IpcRef | None:
         if type(obj) is np.ndarray:
@@ -87,11 +141,15 @@ class Export:
         if not self.is_call:
             raise ProtocolError(f"a tensor on {where} can be sent by CUDA IPC only to "
                                 "call/submit; move it to the CPU (.cpu()) for put and graphs")
-        tensor = _as_torch(obj)
-        desc = export_ipc(tensor)  # CudaIpcRefused says why memory cannot be shared
-        self.sender.remember(desc.key, tensor.untyped_storage())
+        tensor, dtype = exportable(_as_torch(obj))
+        body = {**self.sender.storage_map(tensor), **view_fields(tensor, dtype)}
+        device = tensor.device.index
+        event = self._events.get(device)
+        if event is None:
+            event = self._events[device] = self.sender.event_handle(device)
+        body["ev"] = event
         self.sent.append(tensor)
-        return IpcRef(len(self.sent) - 1, desc.to_wire())
+        return IpcRef(len(self.sent) - 1, body)
 
 
 def _cuda_device(obj: Any) -> str | None:
