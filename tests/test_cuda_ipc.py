@@ -228,13 +228,17 @@ def test_handler_opens_arguments_and_answers_aliases(tmp_path: Path) -> None:
         req = Request("call", 7, op, [IpcRef(0, wire())], kw, {"out": out} if out else {})
         return handler.handle(req, session, 1)[0]
 
+    synced: list[int] = []
+    backend.synchronize = lambda: synced.append(1)  # type: ignore[method-assign]
     (alias,) = [call("reshape", shape=[8, 4])]
     assert isinstance(alias, IpcRef) and alias.index == 0
+    assert synced == []  # a view of the client's memory: no kernel ran, nothing to wait for
     assert alias.body == {"dt": "float32", "off": 0, "sh": [8, 4], "st": [4, 1]}
     (t_alias,) = [call("transpose")]
     assert t_alias.body["st"] == [1, 8]
     negated = call("neg")
     assert isinstance(negated, np.ndarray) and negated[0, 1] == -1.0  # bytes, as for any call
+    assert synced == [1]
     kept = call("identity", out="remote")
     client_memory[1] = 100.0
     assert float(session.store.get(kept)[0, 1]) == 1.0  # cloned: the client's writes stay out

@@ -26,6 +26,8 @@ _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 KINDS = ("call", "hello", "ops", "bye", "put", "has", "fetch", "free", "graph", "stats")
 _NEEDS_SESSION = ("put", "has", "fetch", "free")
+# Ops whose result is a view of an argument where it can be: no kernel runs for it.
+VIEW_OPS = frozenset({"identity", "reshape", "transpose", "permute"})
 
 
 @dataclass
@@ -109,6 +111,9 @@ class Handler:
                 result = self.registry.call(req.op, self.backend, req.args, req.kwargs)
         else:
             result = self._call_native(req, session)
+            if req.op in VIEW_OPS and _all_aliases(result):
+                # A view of the client's own memory, made without a kernel: nothing to wait for.
+                return result, time.perf_counter() - start
         self.backend.synchronize()
         return result, time.perf_counter() - start
 
@@ -162,6 +167,12 @@ def _reply_arena(session: Session | None) -> Any:
     if session is None or session.channel is None:
         return None
     return session.channel.output_allocator()
+
+
+def _all_aliases(result: Any) -> bool:
+    leaves: list[Any] = []
+    tree_map(leaves.append, result, lambda v: not isinstance(v, list | tuple | dict))
+    return bool(leaves) and all(isinstance(v, IpcRef) for v in leaves)
 
 
 def _is_leaf(value: Any) -> bool:
