@@ -1,0 +1,40 @@
+#!/bin/bash
+# The device check as one prepared run on a lent GPU machine (as used for BENCHMARKS.md):
+# the environment, benchmarks/gpu_check.py, the GPU tests, benchmarks/cuda_costs.py, then the
+# whole suite while the time budget lasts. Everything lands in $OUT (default gpu-results/).
+#
+#   OUT=gpu-results BUDGET=400 FULL=1 bash benchmarks/gpu_session.sh
+#
+# The GPU image has no pyzmq: put its wheel (and any other missing one) in .whl/ beforehand;
+# they are installed into /tmp/site. FULL=0 skips the whole suite.
+set -u
+START=$(date +%s); BUDGET=${BUDGET:-400}; OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD/src:$PWD/tests:${PYTHONPATH:-}
+{
+  nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  python3 -c "import sys,torch,numpy,zmq;print(sys.version);print('torch',torch.__version__,torch.version.cuda,'numpy',numpy.__version__,'zmq',zmq.__version__,zmq.zmq_version())"
+  ldd --version | head -1; ulimit -l; nproc; uname -r; git rev-parse --short HEAD
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+echo "=== gpu_check left=$(left)"
+timeout 200 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+echo "=== gpu tests left=$(left)"
+timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 90 -rs -W ignore tests/test_gpu.py \
+  tests/test_cuda_ipc.py tests/test_ops.py -k "cuda or gpu or ipc" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+echo "=== costs left=$(left)"
+timeout 90 python3 benchmarks/cuda_costs.py --json "$OUT/cuda_costs.json" \
+  --profile "$OUT/server_ipc.prof" 2>&1 | tee "$OUT/costs.log"
+L=$(left); echo "=== full suite left=$L"
+if [ "${FULL:-1}" = 1 ] && [ "$L" -gt 60 ]; then
+  timeout $((L - 15)) python3 -m pytest -q -p no:cacheprovider -n 12 --timeout 120 -W ignore tests \
+    > "$OUT/suite.log" 2>&1; echo "suite rc=$?"
+  grep -E "passed|failed|error" "$OUT/suite.log" | tail -3; grep -E "^(FAILED|ERROR)" "$OUT/suite.log" | head -40
+fi
+echo "=== done after $(( $(date +%s) - START )) s"
