@@ -21,12 +21,12 @@ import tensorwire as tw
 from _ipc_wire import PID, RC, descriptor
 from conftest import ServerProcess
 from tensorwire.channel import host_token
-from tensorwire.channel._cuda import IpcDescriptor, IpcImports, LeaseTable
+from tensorwire.channel._cuda import CudaIpcRefused, IpcDescriptor, IpcImports, LeaseTable
 from tensorwire.client._cuda_ipc import IpcSender, _Shared, ipc_results
 from tensorwire.codec import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, decode, encode_payload
 from tensorwire.errors import ProtocolError
 from tensorwire.server._handlers import Handler, Request
-from tensorwire.server._ipc import IpcCall, ipc_refusal
+from tensorwire.server._ipc import IpcCall, IpcExports, ipc_refusal
 from tensorwire.server._sessions import Sessions
 from tensorwire.server.ops import default_registry, make_backend
 
@@ -150,6 +150,11 @@ def test_in_process_server_refuses_cuda_ipc(tmp_path: Path) -> None:
             assert "server's own process" in gpu.server_info["ipc_reason"]
             with pytest.raises(ProtocolError, match="server's own process"):
                 gpu.submit("identity", CudaLike()).result(10)
+
+
+def test_cuda_results_option() -> None:
+    with pytest.raises(ValueError, match="cuda_results must be one of"):
+        tw.Client("ipc:///nowhere", cuda_results="export")
 
 
 def test_ipc_refusal_reasons() -> None:
@@ -301,3 +306,152 @@ def test_client_checks_aliases(body: dict[str, Any], message: str) -> None:
         ipc_results([IpcRef(0, body)], [torch.zeros(32)])
     with pytest.raises(ProtocolError, match="argument 1; 1 were sent"):
         ipc_results(IpcRef(1, body), [torch.zeros(32)])
+
+
+# ------------------------------------------------------------ exported results (CPU stand-ins)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_share(counter: list[int]) -> Any:
+    def share(tensor: Any) -> dict[str, Any]:
+        counter[0] += 1
+        body = descriptor(ro=counter[0])
+        for key in ("off", "dt", "sh", "st"):
+            body.pop(key)
+        return body
+
+    return share
+
+
+def test_exports_are_taken_back_unless_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[tuple[str, int]] = []
+    clock, slots = FakeClock(), [0]
+    exports = IpcExports(60.0, share=_fake_share(slots), clock=clock,
+                         release=lambda rc, ro: released.append((rc, ro)))
+    assert not exports.wants(torch.ones(1 << 20))  # not on CUDA
+    with pytest.raises(CudaIpcRefused):  # only CUDA tensors can be shared
+        exports.export(torch.ones(4))
+    import tensorwire.server._ipc as server_ipc
+
+    monkeypatch.setattr(server_ipc, "exportable", lambda t: (t, "float32"))
+    refs = [exports.export(torch.ones(4, 8)) for _ in range(3)]
+    assert [r.body["ro"] for r in refs] == [1, 2, 3] and len(exports) == 3
+    assert refs[0].body["sh"] == [4, 8] and refs[0].body["h"]  # a full descriptor
+    exports.acknowledged([[RC, 1]])  # the client opened the first
+    clock.now += 30
+    assert exports.reap() == 0
+    clock.now += 31
+    assert exports.reap() == 2 and released == [(RC, 2), (RC, 3)] and len(exports) == 0
+    for bad in ("x", [[RC]], [[1, 2]], [[RC, "1"]], [[RC, 1]] * 5000):
+        with pytest.raises(ProtocolError):
+            exports.acknowledged(bad)
+    exports.export(torch.ones(2))
+    exports.close()  # the session ended: nothing unacknowledged stays reserved
+    assert released[-1] == (RC, 4) and len(exports) == 0
+
+
+class RecordingExports(IpcExports):
+    """Exports every torch tensor of 64 bytes or more, without CUDA."""
+
+    def __init__(self) -> None:
+        super().__init__(share=lambda t: {})
+        self.exported: list[Any] = []
+
+    def wants(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.numel() * value.element_size() >= 64
+
+    def export(self, tensor: Any) -> IpcRef:
+        self.exported.append(tensor)
+        return IpcRef(0, {"h": b"handle", "sh": list(tensor.shape)})
+
+
+def test_handler_exports_new_results_only(tmp_path: Path) -> None:
+    backend = make_backend("torch", "cpu")
+    sessions = Sessions(backend, enabled=False)
+    registry = default_registry()
+    registry.register("second", lambda a, b: b)  # returns a (resident) argument as it is
+    handler = Handler(registry, backend, sessions)
+    sid = sessions.hello({"host": host_token(), "pid": PID, "shm": 0})["session"]
+    session = sessions.get({"s": sid})
+    assert session is not None
+    client_memory = torch.arange(32, dtype=torch.float32)
+    session.ipc, session.ipc_refusal = _imports(tmp_path, client_memory), ""
+    session.exports = exports = RecordingExports()
+    resident = session.store.add(torch.ones(4, 8))
+
+    def call(op: str, *extra: Any) -> Any:
+        req = Request("call", 7, op, [IpcRef(0, wire()), *extra], {}, {})
+        return handler.handle(req, session, 1 + len(extra))[0]
+
+    assert isinstance(call("transpose"), IpcRef) and exports.exported == []  # an alias
+    negated = call("neg")  # new memory: exported, not copied
+    assert isinstance(negated, IpcRef) and negated.body["h"] == b"handle"
+    assert len(exports.exported) == 1 and float(exports.exported[0][0, 1]) == -1.0
+    assert isinstance(call("add", resident), IpcRef) and len(exports.exported) == 2
+    # The resident tensor itself must not be handed out for the client to write into.
+    same = call("second", resident)
+    assert isinstance(same, np.ndarray) and len(exports.exported) == 2
+    req = Request("call", 8, "neg", [resident], {}, {})
+    plain = handler.handle(req, session, 1)[0]  # no CUDA IPC argument: bytes, as ever
+    assert isinstance(plain, np.ndarray) and len(exports.exported) == 2
+
+
+def test_client_maps_exported_results_and_acknowledges(tmp_path: Path) -> None:
+    opened: list[dict[str, Any]] = []
+
+    def open_result(body: dict[str, Any]) -> Any:
+        opened.append(body)
+        return torch.full((2,), 7.0)
+
+    exported = IpcRef(0, wire())
+    (got,) = ipc_results([exported], [torch.zeros(32)], open_result)
+    assert opened == [exported.body] and torch.equal(got, torch.full((2,), 7.0))
+    with pytest.raises(ProtocolError, match="exported CUDA result"):
+        ipc_results(exported, [torch.zeros(32)])
+    sender = IpcSender({"ipc": True})  # a server that names no pid
+    with pytest.raises(ProtocolError, match="without naming its process"):
+        sender.open_result(wire())
+    sender = IpcSender({"ipc": True, "pid": PID})
+    with pytest.raises(ProtocolError, match="ref-counter file does not exist"):
+        sender.open_result(wire())  # not on this host: the server takes its slot back
+    assert sender.take_acks() is None
+    with pytest.raises(ProtocolError, match="cannot map"):
+        sender.open_result(wire(pid=PID + 1, rc=f"/torch_{PID + 1}_1_1"))
+    assert sender.take_acks() is None
+
+
+def test_sessions_export_only_where_ipc_is_accepted() -> None:
+    class CudaNamed:  # hello needs only the backend's device name
+        device = "cuda:0"
+
+    sessions = Sessions(CudaNamed(), enabled=False)  # type: ignore[arg-type]
+    released: list[tuple[str, int]] = []
+    plain = sessions.hello({"host": host_token(), "pid": os.getpid() + 1, "shm": 0})
+    assert plain["ipc"] is True and "pid" not in plain  # results are copied unless asked
+    copying = sessions.get({"s": plain["session"]})
+    assert copying is not None and copying.exports is None
+    reply = sessions.hello({"host": host_token(), "pid": os.getpid() + 1, "shm": 0, "xr": True})
+    assert reply["ipc"] is True and reply["pid"] == os.getpid()
+    session = sessions.get({"s": reply["session"]})
+    assert session is not None and session.exports is not None
+    session.exports._release = lambda rc, ro: released.append((rc, ro))
+    session.exports._pending[(RC, 9)] = 0.0  # long expired
+    session.local = False
+    sessions._next_reap = 0.0
+    sessions.reap()
+    assert released == [(RC, 9)]
+    session.exports._pending[(RC, 10)] = 1e18
+    sessions.bye({"s": reply["session"]})
+    assert released == [(RC, 9), (RC, 10)]
+    cpu = Sessions(make_backend("numpy"), enabled=False)
+    reply = cpu.hello({"host": host_token(), "pid": os.getpid() + 1, "shm": 0, "xr": True})
+    assert reply["ipc"] is False and "pid" not in reply
+    session = cpu.get({"s": reply["session"]})
+    assert session is not None and session.exports is None

@@ -590,3 +590,25 @@ def test_client_shares_a_storage_once_and_orders_by_its_event(cuda_server: Any) 
             t.add_(1)  # queued on the client's stream just before the request
             assert float(gpu.sum(t[1:])) == i * ((1 << 22) - 1)
         assert len(gpu._ipc._shared) == 1  # one share, reused by every call and view
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_new_cuda_results_are_exported_not_copied(cuda_server: Any) -> None:
+    import tensorwire as tw
+
+    with tw.Client(cuda_server.url, cuda_results="map") as gpu:
+        t = torch.randn(1024, 1024, device="cuda")
+        y = gpu.neg(t)  # 4 MB, new memory on the server: mapped here, no PCIe crossing
+        assert y.is_cuda and y.device == t.device and torch.equal(y, -t)
+        assert gpu.last_trace["paths"]["reply"] == ["cuda_ipc"], gpu.last_trace["paths"]
+        assert "device_to_host" not in gpu.last_trace
+        assert len(gpu._ipc._acks) == 1
+        s = gpu.sum(t)  # small: copied back as before; carries the acknowledgement
+        assert s.is_cuda and not gpu._ipc._acks
+        torch.testing.assert_close(s, t.sum(), rtol=1e-4, atol=1e-2)
+        y2 = gpu.relu(y.clone())  # memory received by IPC goes back as a copy of it
+        assert torch.equal(y2, torch.relu(-t))
+        del y, y2
+        gc.collect()
+        gpu.identity(np.ones(2))

@@ -77,7 +77,7 @@ from ..transport import (
     wire_path,
 )
 from . import _graph
-from ._cuda_ipc import IpcSender, ipc_results
+from ._cuda_ipc import CUDA_RESULTS, IpcSender, ipc_results
 from ._pending import Pending, PendingTable
 from ._remote import RemoteTensor
 
@@ -108,6 +108,7 @@ class Client:
         key_name: str = "client",
         retries: int = 2,
         spin_us: float = DEFAULT_SPIN_US,
+        cuda_results: str = "copy",
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
@@ -118,6 +119,9 @@ class Client:
         if type(shm_size) is not int or shm_size <= 0:
             raise ValueError(f"shm_size must be a positive number of bytes, got {shm_size!r}")
         self.wire_dtype = validate_wire_dtype(wire_dtype)
+        if cuda_results not in CUDA_RESULTS:
+            raise ValueError(f"cuda_results must be one of {CUDA_RESULTS}, got {cuda_results!r}")
+        self._cuda_results = cuda_results
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.url, self.timeout, self.transport = url, float(timeout), transport
@@ -574,7 +578,7 @@ class Client:
         placer = export = None
         if kind == "hello":
             meta.update(host=host_token(), pid=os.getpid(), shm=self._shm_size,
-                        ht=self._hello_token)
+                        ht=self._hello_token, xr=self._cuda_results == "map")
         elif self._session is not None:
             meta["s"] = self._session
             if self._dropped:
@@ -590,6 +594,8 @@ class Client:
                 export = self._ipc.exporter(kind)
                 if (dropped := self._ipc.take_released()) is not None:
                     meta["fi"] = dropped
+                if (opened := self._ipc.take_acks()) is not None:
+                    meta["xa"] = opened
         wire = meta.get("w", self.wire_dtype) if kind in ("call", "put", "graph") else None
         caster = None
         if wire is not None:
@@ -639,7 +645,7 @@ class Client:
             payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
         if item.sent is not None:  # CUDA IPC arguments: results as CUDA tensors
-            result = ipc_results(result, item.sent)
+            result = ipc_results(result, item.sent, self._ipc.open_result if self._ipc else None)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
         timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
         reply_paths = decoded.meta.get("rp", decoded.paths)  # the server's account wins

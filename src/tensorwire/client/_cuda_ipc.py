@@ -9,8 +9,12 @@ memory goes back to torch's allocator without waiting for the import's lease to 
 
 Results come back as torch CUDA tensors on the first CUDA argument's device: a view of an
 argument (identity, reshape, transpose, ...) is rebuilt on the argument itself without any
-copy; anything else travels device-to-host on the server as for every call and is copied
-back onto the GPU here (the cost: the result's bytes cross PCIe twice).
+copy. Anything else travels device-to-host on the server as for every call and is copied back
+onto the GPU here: its bytes cross PCIe twice. With ``Client(cuda_results="map")`` a new result
+of 1 MB or more is instead the server's own memory, exported by CUDA IPC and mapped here
+(acknowledged with the next request, "xa"; dropping the tensor gives it back). Such a tensor
+is memory torch received by IPC, which it may refuse to share again: ``.clone()`` it before
+sending it back. That mode has run only against CPU stand-ins so far.
 
 Everywhere else a CUDA tensor is refused with the reason (server on the CPU or on another
 host, a graph, memory torch cannot share such as expandable segments: ``CudaIpcRefused``);
@@ -24,16 +28,29 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..channel._cuda import ITEMSIZE, CudaIpcRefused, exportable, share_storage, view_fields
+from ..channel._cuda import (
+    ITEMSIZE,
+    CudaIpcRefused,
+    IpcDescriptor,
+    check_ref_counter_file,
+    exportable,
+    open_ipc,
+    share_storage,
+    view_fields,
+)
 from ..codec import IpcRef, tree_map
 from ..errors import ProtocolError
 
 KDL_CUDA, KDL_CUDA_MANAGED = 2, 13  # DLPack device types of CUDA memory
+# Client(cuda_results=): new results of a call with CUDA arguments are copied back onto the
+# GPU ("copy"), or, from 1 MB up, mapped from the server's memory by CUDA IPC ("map").
+CUDA_RESULTS = ("copy", "map")
 # A shared storage unused for this long is shared anew (a fresh ref-counter slot) before it
 # is sent again: the server's import of it may have expired (its lease: 30 s, renewed on
 # use), and reopening an import on a slot the old one already gave back would count it twice.
@@ -56,6 +73,9 @@ class IpcSender:
         self.reason = reason if isinstance(reason, str) and reason else (
             "the server does not accept CUDA IPC")
         self._shared: dict[int, _Shared] = {}  # storage (its StorageImpl address) -> export
+        pid = server_info.get("pid")
+        self.server_pid = pid if type(pid) is int and pid > 0 else None
+        self._acks: list[list[Any]] = []  # exported results opened: [counter file, slot]
         self._events: dict[int, tuple[Any, bytes]] = {}  # device -> (IPC event, its handle)
         self._lock = threading.Lock()
 
@@ -98,6 +118,33 @@ class IpcSender:
                 return found[1]
         found[0].record(torch.cuda.current_stream(device))
         return found[1]
+
+    def open_result(self, body: dict[str, Any]) -> Any:
+        """A result the server exported by CUDA IPC, mapped here as a torch CUDA tensor."""
+        if self.server_pid is None:
+            raise ProtocolError("the server exported a CUDA result without naming its process")
+        try:
+            desc = IpcDescriptor.from_wire(body)
+            check_ref_counter_file(desc, expected_pid=self.server_pid)
+        except CudaIpcRefused as exc:  # the server takes its slot back when it expires
+            raise ProtocolError(f"cannot map the server's CUDA result: {exc}") from None
+        try:
+            # From here the slot is ours: a failure gives it back, and so does the tensor
+            # when it dies. Either way the server must not take it back too: acknowledge.
+            return open_ipc(desc, expected_pid=self.server_pid)
+        except CudaIpcRefused as exc:
+            raise ProtocolError(f"cannot map the server's CUDA result: {exc}") from None
+        finally:
+            with self._lock:
+                self._acks.append([desc.ref_counter, desc.ref_offset])
+
+    def take_acks(self) -> list[list[Any]] | None:
+        """Exported results opened since the last request: the server forgets them."""
+        if not self._acks:
+            return None
+        with self._lock:
+            acks, self._acks = self._acks, []
+        return acks
 
     def take_released(self) -> list[list[Any]] | None:
         """Storages shared earlier and garbage-collected since: the server may drop them."""
@@ -178,13 +225,19 @@ def _as_torch(obj: Any) -> Any:
                              f"via __dlpack__: {exc}") from None
 
 
-def ipc_results(value: Any, sent: list[Any]) -> Any:
-    """A reply to a request with CUDA IPC arguments, as torch CUDA tensors."""
+def ipc_results(value: Any, sent: list[Any],
+                open_result: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """A reply to a request with CUDA IPC arguments, as torch CUDA tensors. A reference with
+    a handle ("h") is a result the server exported: `open_result` maps it."""
     device = sent[0].device
 
     def restore(leaf: Any) -> Any:
         if isinstance(leaf, IpcRef):
-            return _alias(leaf, sent)
+            if "h" not in leaf.body:
+                return _alias(leaf, sent)
+            if open_result is None:
+                raise ProtocolError("the reply holds an exported CUDA result; none was expected")
+            return open_result(leaf.body)
         import torch
 
         if isinstance(leaf, np.ndarray):

@@ -425,7 +425,8 @@ class ServerCore:
 
 def _released(session: Session, meta: dict[str, Any]) -> None:
     """What the client piggybacked: arena blocks ("fr"), handles ("fh") and CUDA IPC
-    storages ("fi") it dropped, and the replies it got ("ak")."""
+    storages ("fi") it dropped, the replies it got ("ak") and the exported CUDA results it
+    opened ("xa")."""
     if "fr" in meta and session.channel is not None:
         session.channel.release(meta["fr"])
     if "fh" in meta:
@@ -434,6 +435,8 @@ def _released(session: Session, meta: dict[str, Any]) -> None:
         session.replies.drop(meta["ak"])
     if "fi" in meta and session.ipc is not None:
         session.ipc.release(meta["fi"])
+    if "xa" in meta and session.exports is not None:
+        session.exports.acknowledged(meta["xa"])
 
 
 def _user(item: _Incoming) -> str | None:

@@ -123,7 +123,7 @@ class Handler:
         if out not in ("remote", "local"):
             raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
         store = session.store
-        ipc = IpcCall(req.rid, session.ipc, session.ipc_refusal, self.backend)
+        ipc = IpcCall(req.rid, session.ipc, session.ipc_refusal, self.backend, session.exports)
         args = tree_map(lambda v: self._native(v, store, ipc), req.args, _is_leaf)
         kwargs = tree_map(lambda v: self._native(v, store, ipc), req.kwargs, _is_leaf)
         with outputs_into(_reply_arena(session) if out == "local" else None):
@@ -134,7 +134,7 @@ class Handler:
 
     def _native(self, value: Any, store: ResidentStore, ipc: IpcCall) -> Any:
         if isinstance(value, HandleRef):
-            return store.get(value)
+            return ipc.argument(store.get(value))  # a result on its memory is not exported
         if isinstance(value, IpcRef):  # the client's CUDA memory, shared by IPC
             return ipc.open(value)
         return self.backend.from_wire(value)

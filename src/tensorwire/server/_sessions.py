@@ -10,6 +10,7 @@ IDLE_TIMEOUT without a request, so a SIGKILLed client leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ..channel._cuda import IpcImports
 from ..channel._errors import ChannelError, ShmFullError
 from ..channel._pipe import sweep_stale_pipes
 from ..errors import ProtocolError, SessionExpired
-from ._ipc import ipc_refusal, session_imports
+from ._ipc import IpcExports, ipc_refusal, session_imports
 from ._replies import ReplyCache
 from ._resident import ContentCache, Quotas, ResidentStore
 from .ops import Backend
@@ -47,6 +48,7 @@ class Session:
     hello_reply: dict[str, Any] = field(default_factory=dict)
     ipc: IpcImports | None = None  # CUDA IPC storages opened for a local client
     ipc_refusal: str = "not negotiated"  # why CUDA IPC arguments are refused ("": accepted)
+    exports: IpcExports | None = None  # results exported to it by CUDA IPC, not yet opened
 
 
 class Sessions:
@@ -87,6 +89,9 @@ class Sessions:
         session.ipc = session_imports(local, pid)
         session.ipc_refusal = ipc_refusal(local, pid, self.backend.device)
         reply["ipc"], reply["ipc_reason"] = not session.ipc_refusal, session.ipc_refusal
+        if not session.ipc_refusal and meta.get("xr") is True:  # Client(cuda_results="map")
+            session.exports = IpcExports()
+            reply["pid"] = os.getpid()  # who exports results: the client checks their origin
         if not want:
             reply["shm_reason"] = "not requested"
         elif not self.enabled:
@@ -145,6 +150,8 @@ class Sessions:
         for sid, session in list(self._sessions.items()):
             if session.ipc is not None and len(session.ipc.leases):
                 session.ipc.leases.reap()  # imports the client neither used nor released
+            if session.exports is not None and len(session.exports):
+                session.exports.reap()  # exports the client did not acknowledge in time
             if session.local and not pid_alive(session.pid):
                 log.info("client process %d is gone; reclaiming its session", session.pid)
                 self._end(sid)
@@ -185,6 +192,8 @@ class Sessions:
                 session.channel.close()
             if session.ipc is not None:
                 session.ipc.close()  # the client's CUDA memory is unmapped here
+            if session.exports is not None:
+                session.exports.close()
             self.version += 1
             if self.on_end is not None:
                 self.on_end(sid)
