@@ -243,6 +243,34 @@ def test_imports_cache_by_allocation_and_release_new_slots(tmp_path: Path) -> No
     assert len(imports.leases) == 0
 
 
+def test_a_storage_export_seen_before_checks_only_the_view(tmp_path: Path) -> None:
+    (tmp_path / RC.lstrip("/")).write_bytes(bytes(80000))
+    storage = torch.arange(2048, dtype=torch.float32)
+    opened: list[IpcDescriptor] = []
+
+    def opener(desc: IpcDescriptor, **kw: Any) -> Any:
+        opened.append(desc)
+        return torch.empty(0).set_(storage.untyped_storage(), desc.offset, desc.shape,
+                                   desc.strides)
+
+    imports = IpcImports(expected_pid=PID, shm_dir=str(tmp_path), opener=opener,
+                         leases=LeaseTable(30.0, collect=lambda: None))
+    imports.open(wire(ev=None))
+    (tmp_path / RC.lstrip("/")).unlink()  # no file check on a repeat: the slot is known
+    again = imports.open(wire(ev=None, off=10, sh=[2, 2], st=[2, 1]))
+    assert len(opened) == 1 and float(again[0, 0]) == 10.0 and again.shape == (2, 2)
+    for bad, message in (({"off": 1000}, "past its storage"), ({"dt": "object"}, "dtype"),
+                         ({"sh": [2, 2, 2]}, "differ in length"), ({"ev": b"x"}, "'ev'")):
+        with pytest.raises(CudaIpcRefused, match=message):
+            imports.open(wire(**{"ev": None, **bad}))
+    with pytest.raises(CudaIpcRefused, match="'ro'"):  # not the same export: checked in full
+        imports.open(wire(ev=None, ro=True))
+    desc = IpcDescriptor.from_wire(wire(ev=None))
+    imports.release([list(desc.key)])  # the client dropped it: the next map opens anew
+    imports.open(wire(ev=None))
+    assert len(opened) == 2
+
+
 # ------------------------------------------------------------------ pinned registration (CPU)
 
 
