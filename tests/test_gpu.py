@@ -400,6 +400,23 @@ def test_gpu_check_without_a_gpu(tmp_path: Path, flag: list[str], code: int) -> 
     assert '"no-gpu"' in out.read_text()
 
 
+def test_cuda_costs_without_a_gpu() -> None:
+    if HAS_CUDA:
+        pytest.skip("a CUDA device is present: it would measure")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda_costs.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device: nothing measured" in proc.stdout
+
+
+def test_cuda_costs_bare_ping_pongs(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cuda_costs
+
+    rows = cuda_costs.bare_ping_pongs(50, str(tmp_path))
+    assert set(rows) == {"bare os.pipe ping-pong, 1 byte", "bare ZeroMQ ipc ping-pong, 1 KB"}
+    assert all(0 < v < 1e6 for v in rows.values())  # microseconds, from real round trips
+
+
 def test_gpu_check_op_samples_cover_the_table() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
