@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +78,7 @@ from ..transport import (
 from . import _graph
 from ._cuda_ipc import CUDA_RESULTS, IpcSender, ipc_results
 from ._pending import Pending, PendingTable
+from ._pump import SubmitPump
 from ._remote import RemoteTensor
 
 if TYPE_CHECKING:
@@ -88,7 +88,6 @@ TRANSPORTS = ("auto", "zmq")
 _PIPE_SILENT = object()  # no reply over the message pipe in time: resend over zmq
 DEFAULT_SHM_SIZE = 64 << 20  # bytes per direction; tensors that do not fit go as frames
 BYE_TIMEOUT = 2.0
-_NEVER = float("inf")  # a last attempt is not resent: it waits for its deadline
 
 
 class Client:
@@ -146,7 +145,7 @@ class Client:
         self._keys = ClientKeys.from_dir(auth_dir, key_name) if auth_dir is not None else None
         self._ids = itertools.count(1)
         self._hello_token = secrets.token_hex(16)  # makes a resent hello safe
-        self._closed = self._stopping = False
+        self._closed = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._local = threading.local()
         self._sockets: list[zmq.Socket[bytes]] = []
@@ -156,9 +155,7 @@ class Client:
         self._cast_buffers = BufferPool()
         self._dropped: deque[int] = deque()  # handles garbage-collected here, to free there
         self._acks: deque[int] = deque()  # replies received: the server may forget them
-        self._outbox: deque[tuple[Pending, list[Any]]] = deque()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._pump: threading.Thread | None = None
+        self._pump = SubmitPump(self)  # its thread starts with the first submit()
         self.server_info: dict[str, Any] = {}  # the hello reply, once there is one
         self._ipc: IpcSender | None = None  # CUDA IPC of this session (same host, CUDA server)
         try:
@@ -240,14 +237,8 @@ class Client:
             connection = self._send_ucx(frames, item)
             connection.call_later(self.timeout, lambda: self._pending.expire(TimeoutError))
             return item.future
-        if self._pump is None:
-            with self._sockets_lock:
-                if self._pump is None:
-                    self._pump = threading.Thread(target=self._pump_loop, daemon=True)
-                    self._pump.start()
         self._pending.add(item.rid, item)
-        self._outbox.append((item, frames))
-        os.eventfd_write(self._wake, 1)
+        self._pump.submit(item, frames)
         return item.future
 
     def empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -322,10 +313,7 @@ class Client:
         """Close every socket; requests still in flight fail with ConnectionClosed."""
         if self._closed:
             return
-        self._stopping = True
-        os.eventfd_write(self._wake, 1)
-        if self._pump is not None:
-            self._pump.join()
+        self._pump.stop()
         self._pending.fail_all(ConnectionClosed("client closed"))
         self._bye()
         self._closed = True
@@ -338,7 +326,6 @@ class Client:
                 sock.close(linger=0)
             self._sockets.clear()
         self._ctx.term()
-        os.close(self._wake)
         self._cast_buffers.clear()
 
     def __enter__(self) -> Client:
@@ -687,84 +674,12 @@ class Client:
             lambda v: isinstance(v, HandleRef),
         )
 
-    # -- the pump: one socket, many requests in flight --------------------------------
-
-    def _pump_loop(self) -> None:
-        """Sends submitted requests and settles their futures as replies come.
-
-        Lazy Pirate, as for `call`: when a request has heard nothing for its share of the
-        timeout, the pump drops its socket, connects anew and resends every request still
-        unanswered under the same ids; the server answers those that already ran from its
-        reply cache, so none runs twice.
-        """
-        sock = self._new_socket()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
-        inflight: dict[int, _Submitted] = {}
-        while not self._stopping:
-            times = [s.resend_at for s in inflight.values() if s.resend_at != _NEVER]
-            deadline = self._pending.next_deadline()
-            if deadline is not None:
-                times.append(deadline)
-            wait_ms = int(max(min(times) - time.monotonic(), 0) * 1000) if times else None
-            events = dict(poller.poll(wait_ms))
-            if self._wake in events:
-                os.eventfd_read(self._wake)
-                self._send_outbox(sock, inflight)
-            while sock in events:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self._complete(frames, self._pending.pop)
-            self._pending.expire(TimeoutError)
-            for rid in [rid for rid, s in inflight.items() if s.item.done]:
-                del inflight[rid]
-            if any(s.resend_at <= time.monotonic() for s in inflight.values()):
-                poller.unregister(sock)
-                self._discard_socket(sock)
-                sock = self._new_socket()  # a fresh connection for the resends
-                poller.register(sock, zmq.POLLIN)
-                for rid in sorted(inflight):
-                    self._resend(sock, inflight[rid])
-
-    def _send_outbox(self, sock: zmq.Socket[bytes], inflight: dict[int, _Submitted]) -> None:
-        while self._outbox:
-            item, frames = self._outbox.popleft()
-            sock.send_multipart(frames, copy=False)
-            item.sent_at = time.perf_counter()
-            item.send = item.sent_at - item.sent_at_start
-            inflight[item.rid] = _Submitted(item, frames, self._resend_at(item, 0), 0)
-
-    def _resend(self, sock: zmq.Socket[bytes], sub: _Submitted) -> None:
-        sub.attempt += 1
-        sub.resend_at = self._resend_at(sub.item, sub.attempt)
-        sock.send_multipart(sub.frames, copy=False)
-
-    def _resend_at(self, item: Pending, attempt: int) -> float:
-        """When to give up waiting on this attempt: its share of the time left (the last
-        attempt waits for the deadline, where the request expires instead)."""
-        left = self.retries + 1 - attempt
-        if left <= 1:
-            return _NEVER
-        return time.monotonic() + (item.deadline - time.monotonic()) / left
-
     def _discard_socket(self, sock: zmq.Socket[bytes]) -> None:
         with self._sockets_lock:
             if sock in self._sockets:
                 self._sockets.remove(sock)
         sock.close(linger=0)
 
-
-@dataclass
-class _Submitted:
-    """A submitted request the pump keeps for a resend until it is answered."""
-
-    item: Pending
-    frames: list[Any]
-    resend_at: float
-    attempt: int
 
 
 def _call_options(kwargs: dict[str, Any]) -> dict[str, Any] | None:
