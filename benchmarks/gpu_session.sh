@@ -3,10 +3,12 @@
 # the environment, benchmarks/gpu_check.py, the GPU tests, benchmarks/cuda_costs.py, then the
 # whole suite while the time budget lasts. Everything lands in $OUT (default gpu-results/).
 #
-#   OUT=gpu-results BUDGET=400 FULL=1 bash benchmarks/gpu_session.sh
+#   OUT=gpu-results BUDGET=400 FULL=1 BENCH=0 bash benchmarks/gpu_session.sh
 #
-# The GPU image has no pyzmq: put its wheel (and any other missing one) in .whl/ beforehand;
-# they are installed into /tmp/site. FULL=0 skips the whole suite.
+# The GPU image has no pyzmq: benchmarks/gpu_wheels.sh puts its wheel (with UCX=1, ucxx's
+# too) in .whl/ beforehand; they are installed into /tmp/site. FULL=0 skips the whole suite;
+# BENCH=1 adds the issue-5 tcp figure (benchmarks/wire.py, 100 MB) on that machine's CPUs.
+# Where ucxx imports, the ucx:// tests run too (UCX_TLS as set, else tcp,sm,self: conftest).
 set -u
 START=$(date +%s); BUDGET=${BUDGET:-400}; OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -31,6 +33,16 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 90 -rs -W ignore 
 echo "=== costs left=$(left)"
 timeout 90 python3 benchmarks/cuda_costs.py --json "$OUT/cuda_costs.json" \
   --profile "$OUT/server_ipc.prof" 2>&1 | tee "$OUT/costs.log"
+if python3 -c "import ucxx" 2>/dev/null; then
+  echo "=== ucx tests left=$(left)"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 60 -rs -W ignore \
+    tests/test_ucx.py tests/test_conformance.py -k ucx 2>&1 | tee "$OUT/ucx_tests.log" | tail -15
+fi
+if [ "${BENCH:-0}" = 1 ]; then
+  echo "=== wire.py left=$(left)"
+  timeout 120 python3 benchmarks/wire.py --sizes 100MB --reps-scale 2 \
+    --json "$OUT/wire.json" 2>&1 | tee "$OUT/wire.log" | tail -25
+fi
 L=$(left); echo "=== full suite left=$L"
 if [ "${FULL:-1}" = 1 ] && [ "$L" -gt 60 ]; then
   timeout $((L - 15)) python3 -m pytest -q -p no:cacheprovider -n 12 --timeout 120 -W ignore tests \
