@@ -75,8 +75,8 @@ __all__ = [
     "is_registered",
     "open_ipc",
     "register_host",
-    "share_storage",
     "registered_bytes",
+    "share_storage",
     "unregister_host",
 ]
 

@@ -681,7 +681,6 @@ class Client:
         sock.close(linger=0)
 
 
-
 def _call_options(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """Pop the reserved call options (out, wire_dtype) from an op's keywords into meta."""
     if "out" not in kwargs and "wire_dtype" not in kwargs:
