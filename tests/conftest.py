@@ -25,6 +25,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else ""),
             "PYTHONUNBUFFERED": "1", **extra}
 
+
 # ucx:// is tested only where the optional ucxx imports, on one machine: over UCX's tcp and
 # shared-memory transports (set before any process of this run loads UCX).
 HAVE_UCX = importlib.util.find_spec("ucxx") is not None
