@@ -157,13 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="FILE", help="cProfile the server into FILE")
     p.add_argument("--calls", type=int, default=2000, help="samples per row")
     args = p.parse_args(argv)
-    try:
-        import torch
+    from tensorwire.channel._cuda import cuda_available
 
-        has_cuda = bool(torch.cuda.is_available())
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
+    if not cuda_available():
         print(NO_GPU)
         return 2
     import _harness as h

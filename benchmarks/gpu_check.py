@@ -452,13 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-no-gpu", action="store_true",
                    help="exit 0 (not 2) when there is no CUDA device")
     args = p.parse_args(argv)
-    try:
-        import torch
+    from tensorwire.channel._cuda import cuda_available
 
-        has_cuda = bool(torch.cuda.is_available())
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
+    if not cuda_available():
         print(NO_GPU)
         if args.json:
             Path(args.json).write_text(json.dumps({"status": "no-gpu", "message": NO_GPU,
