@@ -22,7 +22,7 @@ from _ipc_wire import PID, RC, descriptor
 from conftest import ServerProcess
 from tensorwire.channel import host_token
 from tensorwire.channel._cuda import CudaIpcRefused, IpcDescriptor, IpcImports, LeaseTable
-from tensorwire.client._cuda_ipc import IpcSender, _Shared, ipc_results
+from tensorwire.client._cuda_ipc import Export, IpcSender, _Shared, ipc_results
 from tensorwire.codec import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, decode, encode_payload
 from tensorwire.errors import ProtocolError
 from tensorwire.server._handlers import Handler, Request
@@ -289,6 +289,57 @@ def test_client_releases_storages_it_dropped() -> None:
     gc.collect()
     assert sender.take_released() == [[b"h", 0, 16]]
     assert sender.take_released() is None
+
+
+def test_client_shares_a_storage_once_then_again_when_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorwire.client._cuda_ipc as client_ipc
+
+    shares: list[int] = []
+
+    def share(tensor: Any) -> dict[str, Any]:
+        shares.append(1)
+        return {"h": b"h", "so": 0, "ss": 64, "ro": len(shares)}
+
+    clock = [1000.0]
+    monkeypatch.setattr(client_ipc, "share_storage", share)
+    monkeypatch.setattr(client_ipc.time, "monotonic", lambda: clock[0])
+    sender = IpcSender({"ipc": True})
+    t = torch.arange(16, dtype=torch.float32)
+    first = sender.storage_map(t)
+    assert sender.storage_map(t[4:]) is first and len(shares) == 1  # a view: same storage
+    clock[0] += client_ipc.RESHARE_AFTER_S - 1
+    assert sender.storage_map(t) is first  # used again: its clock starts over
+    clock[0] += client_ipc.RESHARE_AFTER_S + 1  # idle longer: the server may have let go
+    again = sender.storage_map(t)
+    assert again["ro"] == 2 and len(shares) == 2 and len(sender._shared) == 1
+    other = torch.ones(4)
+    assert sender.storage_map(other)["ro"] == 3 and len(sender._shared) == 2
+    del other
+    gc.collect()
+    assert sender.take_released() == [[b"h", 0, 64]] and len(sender._shared) == 1
+
+
+def test_exporter_builds_descriptors_and_records_the_event_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorwire.client._cuda_ipc as client_ipc
+
+    monkeypatch.setattr(client_ipc, "_cuda_device", lambda obj: "cuda:0")  # CPU stand-ins
+    monkeypatch.setattr(client_ipc, "exportable", lambda t: (t, "float32"))
+    monkeypatch.setattr(client_ipc, "share_storage", lambda t: {"h": b"h", "so": 0, "ss": 64})
+    recorded: list[Any] = []
+    sender = IpcSender({"ipc": True})
+    monkeypatch.setattr(sender, "event_handle", lambda d: recorded.append(d) or bytes(64))
+    export = Export(sender, True)
+    t = torch.arange(16, dtype=torch.float32)
+    a, b = export(t.reshape(4, 4)), export(t[2:])
+    assert (a.index, b.index) == (0, 1) and export.sent[1].shape == (14,)
+    assert a.body == {"h": b"h", "so": 0, "ss": 64, "off": 0, "dt": "float32", "sh": [4, 4],
+                      "st": [4, 1], "ev": bytes(64)}
+    assert b.body["off"] == 2 and b.body["sh"] == [14]
+    assert len(recorded) == 1  # one event record per device and request
+    with pytest.raises(ProtocolError, match="only to call/submit"):
+        Export(sender, False)(t)
 
 
 @pytest.mark.parametrize(
