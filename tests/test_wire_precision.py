@@ -240,3 +240,46 @@ def test_only_results_still_in_the_wire_format_are_marked():
     marked = mark_narrowed([narrow, other, 7], (bf16, "float32"))
     assert marked[0].value is narrow and marked[0].original == "float32"
     assert marked[1] is other and marked[2] == 7
+
+
+def test_graph_runs_take_a_wire_dtype_of_their_own(tcp_server):
+    x = np.random.default_rng(5).standard_normal((64, 32)).astype(np.float32)
+    with tw.Client(tcp_server.url, transport="zmq") as gpu:  # the client casts nothing
+        with gpu.graph() as g:
+            out = g.neg(g.input("x"))
+        np.testing.assert_array_equal(g.run(out, x=x), -x)
+        assert gpu.last_trace["paths"]["request"] == ["frame"]
+        y = g.run(out, x=x, wire_dtype="bfloat16")  # this run only
+        assert gpu.last_trace["paths"]["request"] == ["frame+bfloat16"]
+        assert gpu.last_trace["paths"]["reply"] == ["frame+bfloat16"]
+        assert y.dtype == np.float32
+        u = unit_roundoff("bfloat16")
+        assert np.all(np.abs(y + x) <= 2.01 * u * np.abs(x) + 1e-30) and not np.array_equal(y, -x)
+        np.testing.assert_array_equal(g.run(out, x=x), -x)  # the client's policy again
+        with pytest.raises(ValueError, match="unknown wire dtype"):
+            g.run(out, x=x, wire_dtype="int8")
+        with pytest.raises(ValueError, match="other than 'out' or 'wire_dtype'"):
+            g.input("wire_dtype")
+    with tw.Client(tcp_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        with gpu.graph() as g:
+            out = g.neg(g.input("x"))
+        np.testing.assert_array_equal(g.run(out, x=x, wire_dtype=None), -x)  # exact, here
+        assert gpu.last_trace["paths"]["request"] == ["frame"]
+
+
+async def _async_graph_run(url, x):
+    async with tw.AsyncClient(url, transport="zmq") as gpu:
+        g = gpu.graph()
+        with g:
+            out = g.neg(g.input("x"))
+        y = await g.run(out, x=x, wire_dtype="float16")
+        return y, gpu.client.last_trace["paths"]["request"]
+
+
+def test_async_graph_runs_take_a_wire_dtype(tcp_server):
+    import asyncio
+
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    y, paths = asyncio.run(_async_graph_run(tcp_server.url, x))
+    assert paths == ["frame+float16"]
+    np.testing.assert_array_equal(y, -x.astype(np.float16).astype(np.float32))

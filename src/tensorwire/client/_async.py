@@ -24,7 +24,7 @@ from typing import Any
 
 from ..codec import HandleRef
 from ._client import Client
-from ._graph import Graph, Node, traced
+from ._graph import CLIENT_POLICY, Graph, Node, traced
 from ._remote import RemoteTensor
 
 
@@ -121,8 +121,9 @@ class AsyncClient:
 class AsyncGraph(Graph):
     """A Graph whose `run` is awaited (recording is the same as Graph's)."""
 
-    async def run(self, *outputs: Node, out: str | None = None, **inputs: Any) -> Any:
-        request, finish = self._request(outputs, out, inputs)
+    async def run(self, *outputs: Node, out: str | None = None,
+                  wire_dtype: Any = CLIENT_POLICY, **inputs: Any) -> Any:
+        request, finish = self._request(outputs, out, inputs, wire_dtype)
         loop = asyncio.get_running_loop()
         reply = await loop.run_in_executor(None, self._client._request, *request)
         return finish(reply)

@@ -42,12 +42,21 @@ from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Any
 
-from ..codec import HandleRef, first_kind, restore_kind, tensor_kind, to_numpy
+from ..codec import (
+    HandleRef,
+    first_kind,
+    restore_kind,
+    tensor_kind,
+    to_numpy,
+    validate_wire_dtype,
+)
 from ..errors import ProtocolError, RemoteError
 
 __all__ = ["Graph", "Node", "Traced", "recording", "traced"]
 
 MARKER_PREFIX = "$"
+RESERVED = ("out", "wire_dtype")  # run()'s own keywords: no input may take these names
+CLIENT_POLICY: Any = object()  # run(wire_dtype=) not given: the client's policy applies
 
 # Nonzero while some thread records (a `with gpu.graph()` block or a trace): Client.call
 # then asks `recording()` whether its arguments belong to a graph. A counter, so the
@@ -178,8 +187,9 @@ class Graph:
 
     def input(self, name: str) -> Node:
         """A placeholder whose value is passed to run() as `name=...`."""
-        if not isinstance(name, str) or not name or name == "out":
-            raise ValueError(f"an input needs a non-empty name other than 'out', got {name!r}")
+        if not isinstance(name, str) or not name or name in RESERVED:
+            raise ValueError(f"an input needs a non-empty name other than 'out' or "
+                             f"'wire_dtype', got {name!r}")
         node = self._inputs.get(name)
         if node is None:
             node = self._inputs[name] = Node(self, None, "input", name)
@@ -228,17 +238,20 @@ class Graph:
 
     # -- running ------------------------------------------------------------------------
 
-    def run(self, *outputs: Node, out: str | None = None, **inputs: Any) -> Any:
+    def run(self, *outputs: Node, out: str | None = None, wire_dtype: Any = CLIENT_POLICY,
+            **inputs: Any) -> Any:
         """Run the graph in one request; return the outputs' values (one, or a tuple).
 
         With no outputs named, the last recorded node is returned. `out="remote"`
-        keeps the outputs on the server as RemoteTensor handles.
+        keeps the outputs on the server as RemoteTensor handles. `wire_dtype` overrides
+        the client's wire precision for this run, as it does for a call.
         """
-        request, finish = self._request(outputs, out, inputs)
+        request, finish = self._request(outputs, out, inputs, wire_dtype)
         return finish(self._client._request(*request))
 
     def _request(
-        self, outputs: tuple[Node, ...], out: str | None, inputs: dict[str, Any]
+        self, outputs: tuple[Node, ...], out: str | None, inputs: dict[str, Any],
+        wire_dtype: Any = CLIENT_POLICY,
     ) -> tuple[tuple[Any, ...], Callable[[Any], Any]]:
         """The `Client._request` arguments for one run, and what turns its reply into values."""
         if not self._nodes:
@@ -248,6 +261,8 @@ class Graph:
         spec = {"nodes": self._nodes, "outputs": indices, "inputs": given, "consts": self._consts}
         kind = first_kind([self._originals, list(inputs.values())])
         extra = _out_meta(out)
+        if wire_dtype is not CLIENT_POLICY:
+            extra = {**(extra or {}), "w": validate_wire_dtype(wire_dtype)}
         single = len(indices) == 1
 
         def finish(reply: Any) -> Any:
