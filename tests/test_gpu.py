@@ -657,3 +657,21 @@ def test_new_cuda_results_are_exported_not_copied(cuda_server: Any) -> None:
         del y, y2
         gc.collect()
         gpu.identity(np.ones(2))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_narrowed_arguments_are_widened_on_the_gpu(cuda_server: Any) -> None:
+    import ml_dtypes
+
+    import tensorwire as tw
+
+    def bf16(a: np.ndarray) -> np.ndarray:
+        return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    x = np.random.default_rng(1).standard_normal((1024, 1024), dtype=np.float32)
+    with tw.Client(cuda_server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+        y = gpu.neg(x)  # 2 MB cross to the GPU and are widened there, not 4 MB
+        assert gpu.last_trace["paths"]["request"] == ["frame+bfloat16"]
+        assert gpu.last_trace["host_to_device"] > 0
+    np.testing.assert_array_equal(y, bf16(-bf16(x)))

@@ -283,3 +283,47 @@ def test_async_graph_runs_take_a_wire_dtype(tcp_server):
     y, paths = asyncio.run(_async_graph_run(tcp_server.url, x))
     assert paths == ["frame+float16"]
     np.testing.assert_array_equal(y, -x.astype(np.float16).astype(np.float32))
+
+
+def test_a_device_backend_widens_call_arguments_itself():
+    # On CUDA the torch backend takes narrowed arguments to the device narrow and widens
+    # them there (device_casts); here the same path runs with the CPU as the device.
+    pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((256, 64)).astype(np.float32)
+    w = np.random.default_rng(7).standard_normal((64, 8)).astype(np.float32)
+    narrow = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    with tw.Server(listen=["tcp://127.0.0.1:0"], backend="torch", insecure=True) as server:
+        backend = server._core.handler.backend
+        assert backend.device_casts is False  # on the CPU the codec's pooled casts win
+        backend.device_casts = True
+        widened = []
+        widen = backend.widen
+
+        def counting(value, original):
+            out = widen(value, original)
+            widened.append((type(out).__name__, str(out.dtype)))
+            return out
+
+        backend.widen = counting
+        with tw.Client(server.url, transport="zmq", wire_dtype="bfloat16") as gpu:
+            y = gpu.neg(x)
+            assert widened == [("Tensor", "torch.float32")]
+            np.testing.assert_array_equal(y, _bf16(-narrow))
+            m = gpu.matmul(x, w, wire_dtype="float16")  # two arguments, both on the device
+            assert len(widened) == 3
+            ref = x.astype(np.float16).astype(np.float32) @ w.astype(np.float16).astype(np.float32)
+            np.testing.assert_allclose(m, ref.astype(np.float16).astype(np.float32), rtol=1e-2,
+                                       atol=1e-2)
+            d = gpu.neg(x.astype(np.float64))
+            assert widened[-1] == ("Tensor", "torch.float64") and d.dtype == np.float64
+            h = gpu.put(np.ones(3, np.float32))
+            np.testing.assert_array_equal(gpu.add(x[:1, :3], h), _bf16(narrow[:1, :3] + 1))
+            assert len(widened) == 5  # the native path (a handle among the arguments) too
+            with gpu.graph() as g:
+                out = g.neg(g.input("x"))
+            g.run(out, x=x)
+            assert len(widened) == 5  # graphs widen with the codec, as before
+
+
+def _bf16(a):
+    return a.astype(ml_dtypes.bfloat16).astype(np.float32)

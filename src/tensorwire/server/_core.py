@@ -303,7 +303,8 @@ class ServerCore:
             _released(session, decoded.meta)
         channel = session.channel if session is not None else None
         path = self._path(item, channel is not None)
-        narrow = (settle_narrowed(request, path, decoded.handles, self._cast_buffers)
+        narrow = (settle_narrowed(request, path, decoded.handles, self._cast_buffers,
+                                  self.handler.backend)
                   if decoded.narrowed else None)  # most requests carry nothing narrowed
         deserialized = time.perf_counter()
         if request.kind == "hello":

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..codec import BufferPool, Narrowed, choose, dtype_name, tree_map, validate_wire_dtype
 from ._handlers import Request
+from .ops import Backend
 
 # Results are input elements, moved or copied, never computed.
 ELEMENT_MOVING_OPS = frozenset({"identity", "reshape", "transpose", "permute", "concat"})
@@ -29,11 +30,12 @@ def _tensor(value: Any) -> bool:
 
 
 def settle_narrowed(
-    request: Request, path: str, handles: int, pool: BufferPool
+    request: Request, path: str, handles: int, pool: BufferPool, backend: Backend | None = None
 ) -> tuple[np.dtype[Any], str] | None:
     """Widen the request's narrowed arguments in place; or, where they may stay narrow
     (`_stays_narrow`), unwrap them and return (their wire dtype, the original dtype name)
-    to mark the results with."""
+    to mark the results with. A call's arguments are widened by `backend` where it can
+    (on its device: `Backend.widen`), else into recycled buffers here."""
     tensors: list[Any] = []
     tree_map(tensors.append, [request.args, request.kwargs], _tensor)
     narrowed = [t for t in tensors if isinstance(t, Narrowed)]
@@ -41,8 +43,17 @@ def settle_narrowed(
         return None
     keep = handles == 0 and len(narrowed) == len(tensors) and _stays_narrow(request, path, narrowed)
 
+    on_device = backend is not None and request.kind == "call"
+
     def settle(n: Narrowed) -> Any:
-        return n.value if keep else n.widen(pool)
+        if keep:
+            return n.value
+        if on_device:
+            assert backend is not None
+            native = backend.widen(n.value, n.original)
+            if native is not None:
+                return native
+        return n.widen(pool)
 
     request.args = tree_map(settle, request.args, _narrowed)
     request.kwargs = tree_map(settle, request.kwargs, _narrowed)

@@ -38,6 +38,11 @@ class Backend(ABC):
     def synchronize(self) -> None:  # noqa: B027 (optional hook: CPU backends need nothing)
         """Wait for queued device work; a no-op on the CPU."""
 
+    def widen(self, narrow: np.ndarray, original: str) -> Any:
+        """An argument that came narrowed for the wire, widened to `original` ("float32" or
+        "float64") as a native tensor, or None to leave it to the codec (on the CPU)."""
+        return None
+
     def take_timings(self) -> dict[str, Any]:
         """This request's device stages (seconds) since the last call; {} without a device.
 

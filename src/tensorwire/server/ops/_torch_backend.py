@@ -57,6 +57,7 @@ def _host_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {torch.bfloat16: _BF16}
+_WIDE = {"float32": torch.float32, "float64": torch.float64}  # what narrowed tensors were
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
@@ -137,6 +138,9 @@ class TorchBackend(Backend):
         self._stream_thread: int | None = None
         self._timer: DeviceTimer | None = None
         self.async_h2d = False  # set by the first take_timings(): the caller fences requests
+        # Narrowed arguments cross to the device narrow and are widened there: half the
+        # bytes over PCIe, and no cast on the server's CPU.
+        self.device_casts = self._cuda
         if self._cuda:
             self._stream = torch.cuda.Stream(  # type: ignore[no-untyped-call]
                 self._torch_device)
@@ -195,6 +199,11 @@ class TorchBackend(Backend):
         out = src.to(self._torch_device, non_blocking=pinned and self.async_h2d)
         timer.span("h2d", start, timer.event())
         return out
+
+    def widen(self, narrow: np.ndarray, original: str) -> Any:
+        if not self.device_casts or original not in _WIDE:
+            return None
+        return self.from_wire(narrow).to(_WIDE[original])
 
     def to_wire(self, value: Any) -> np.ndarray:
         if not isinstance(value, torch.Tensor):
