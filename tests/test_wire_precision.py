@@ -286,8 +286,9 @@ def test_async_graph_runs_take_a_wire_dtype(tcp_server):
 
 
 def test_a_device_backend_widens_call_arguments_itself():
-    # On CUDA the torch backend takes narrowed arguments to the device narrow and widens
-    # them there (device_casts); here the same path runs with the CPU as the device.
+    # On CUDA the torch backend takes narrowed arguments (of calls; a graph's inputs and
+    # constants) to the device narrow and widens them there (device_casts); here the same
+    # path runs with the CPU as the device.
     pytest.importorskip("torch")
     x = np.random.default_rng(6).standard_normal((256, 64)).astype(np.float32)
     w = np.random.default_rng(7).standard_normal((64, 8)).astype(np.float32)
@@ -320,9 +321,13 @@ def test_a_device_backend_widens_call_arguments_itself():
             np.testing.assert_array_equal(gpu.add(x[:1, :3], h), _bf16(narrow[:1, :3] + 1))
             assert len(widened) == 5  # the native path (a handle among the arguments) too
             with gpu.graph() as g:
-                out = g.neg(g.input("x"))
+                out = g.matmul(g.neg(g.input("x")), w)  # w goes as a constant
+            z = g.run(out, x=x)
+            assert len(widened) == 7  # a graph's input and constant too
+            np.testing.assert_allclose(z, _bf16(-narrow @ _bf16(w)), rtol=1e-2, atol=1e-2)
+            assert g.last_plan == "miss"
             g.run(out, x=x)
-            assert len(widened) == 5  # graphs widen with the codec, as before
+            assert g.last_plan == "hit" and len(widened) == 9  # the plan cache knows them
 
 
 def _bf16(a):

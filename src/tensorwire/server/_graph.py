@@ -110,7 +110,7 @@ def run_graph(handler: Handler, req: Request, session: Session | None) -> dict[s
     out = req.meta.get("out", "local")
     if out not in ("remote", "local"):
         raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
-    spec = _spec(req)
+    spec = _spec(req, handler.backend.is_tensor)
     nodes, consts = _hoist(spec["nodes"], list(spec["consts"]))
     inputs = spec["inputs"]
     key = (_freeze(nodes), tuple(spec["outputs"]), _signature(consts), _input_signature(inputs))
@@ -132,7 +132,9 @@ def run_graph(handler: Handler, req: Request, session: Session | None) -> dict[s
 # -- the spec on the wire --------------------------------------------------------------
 
 
-def _spec(req: Request) -> dict[str, Any]:
+def _spec(req: Request, native: Callable[[Any], bool]) -> dict[str, Any]:
+    """The validated spec; `native` accepts the backend's own tensors among the inputs and
+    constants (only the server makes those: narrowed ones it widened on its device)."""
     if len(req.args) != 1 or req.kwargs or not isinstance(req.args[0], dict):
         raise ProtocolError(f"request {req.rid}: a graph request carries one graph spec")
     spec = dict(req.args[0])
@@ -151,10 +153,10 @@ def _spec(req: Request) -> dict[str, Any]:
         if type(i) is not int or not 0 <= i < len(nodes):
             raise ProtocolError(f"graph: output {i!r} is not a node index (0 to {len(nodes) - 1})")
     for name, value in spec["inputs"].items():
-        if not isinstance(name, str) or not _is_tensor(value):
+        if not isinstance(name, str) or not (_is_tensor(value) or native(value)):
             raise ProtocolError(f"graph: input {name!r} must be named by a string and be a tensor")
     for j, value in enumerate(spec["consts"]):
-        if not _is_tensor(value):
+        if not (_is_tensor(value) or native(value)):
             raise ProtocolError(f"graph: const {j} must be a tensor or a handle")
     for i, node in enumerate(nodes):
         if not (isinstance(node, list) and len(node) == 3 and isinstance(node[0], str)
@@ -225,7 +227,9 @@ def _input_signature(inputs: dict[str, Any]) -> tuple[Any, ...]:
 def _tensor_signature(value: Any) -> tuple[Any, ...]:
     if isinstance(value, HandleRef):
         return ("handle", value.hid)  # a handle's shape is the server's to know: by id
-    return ("array", value.shape, value.dtype.str)
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.dtype.str)
+    return ("native", tuple(value.shape), str(value.dtype))  # widened on the device
 
 
 def _short(value: Any) -> str:

@@ -34,8 +34,9 @@ def settle_narrowed(
 ) -> tuple[np.dtype[Any], str] | None:
     """Widen the request's narrowed arguments in place; or, where they may stay narrow
     (`_stays_narrow`), unwrap them and return (their wire dtype, the original dtype name)
-    to mark the results with. A call's arguments are widened by `backend` where it can
-    (on its device: `Backend.widen`), else into recycled buffers here."""
+    to mark the results with. A call's arguments, and a graph's inputs and constants, are
+    widened by `backend` where it can (on its device: `Backend.widen`), else into recycled
+    buffers here."""
     tensors: list[Any] = []
     tree_map(tensors.append, [request.args, request.kwargs], _tensor)
     narrowed = [t for t in tensors if isinstance(t, Narrowed)]
@@ -43,21 +44,34 @@ def settle_narrowed(
         return None
     keep = handles == 0 and len(narrowed) == len(tensors) and _stays_narrow(request, path, narrowed)
 
-    on_device = backend is not None and request.kind == "call"
-
     def settle(n: Narrowed) -> Any:
-        if keep:
-            return n.value
-        if on_device:
-            assert backend is not None
-            native = backend.widen(n.value, n.original)
-            if native is not None:
-                return native
-        return n.widen(pool)
+        return n.value if keep else n.widen(pool)
 
+    def on_device(n: Narrowed) -> Any:
+        assert backend is not None
+        native = backend.widen(n.value, n.original)
+        return native if native is not None else n.widen(pool)
+
+    if backend is not None and request.kind == "graph":
+        _graph_on_device(request, on_device)  # then the rest (if any) as usual
+    elif backend is not None and request.kind == "call" and not keep:
+        settle = on_device
     request.args = tree_map(settle, request.args, _narrowed)
     request.kwargs = tree_map(settle, request.kwargs, _narrowed)
     return (narrowed[0].value.dtype, narrowed[0].original) if keep else None
+
+
+def _graph_on_device(request: Request, widen: Any) -> None:
+    """A graph's narrowed inputs and constants (the spec's own lists, where the plan takes
+    native tensors from) widened by the backend; values inline in nodes stay for the codec."""
+    spec = request.args[0] if len(request.args) == 1 else None
+    if not isinstance(spec, dict):
+        return  # malformed: the graph handler says what is wrong
+    inputs, consts = spec.get("inputs"), spec.get("consts")
+    if isinstance(inputs, dict):
+        spec["inputs"] = {k: widen(v) if _narrowed(v) else v for k, v in inputs.items()}
+    if isinstance(consts, list):
+        spec["consts"] = [widen(v) if _narrowed(v) else v for v in consts]
 
 
 def mark_narrowed(result: Any, narrow: tuple[np.dtype[Any], str]) -> Any:
