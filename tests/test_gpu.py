@@ -674,4 +674,8 @@ def test_narrowed_arguments_are_widened_on_the_gpu(cuda_server: Any) -> None:
         y = gpu.neg(x)  # 2 MB cross to the GPU and are widened there, not 4 MB
         assert gpu.last_trace["paths"]["request"] == ["frame+bfloat16"]
         assert gpu.last_trace["host_to_device"] > 0
+        with gpu.graph() as g:
+            out = g.relu(g.neg(g.input("x")))
+        z = g.run(out, x=x)  # a graph input: widened on the GPU as well
     np.testing.assert_array_equal(y, bf16(-bf16(x)))
+    np.testing.assert_array_equal(z, bf16(np.maximum(-bf16(x), 0)))
