@@ -39,6 +39,7 @@ NO_GPU = "no CUDA device: nothing measured"
 
 
 def median_us(fn: Callable[[], Any], n: int) -> float:
+    # Not the harness's time_call: its getrusage per call would outweigh rows of ~1 us.
     fn()
     samples = []
     for _ in range(n):

@@ -736,7 +736,8 @@ class IpcImports:
         self._seen: dict[tuple[Any, ...], IpcDescriptor] = {}
 
     def open(self, wire: Any, *, stream: Any = None) -> Any:
-        seen = self._seen.get(_storage_fields(wire)) if type(wire) is dict else None
+        fields = _storage_fields(wire) if type(wire) is dict else ()
+        seen = self._seen.get(fields)
         if seen is not None:
             entry = self.leases.get(seen.key)  # renewed; None once released or expired
             if entry is not None:
@@ -767,7 +768,7 @@ class IpcImports:
             view = _view_like(entry.base, desc)
         if len(self._seen) >= self.leases.max_leases:
             self._seen.clear()
-        self._seen[_storage_fields(wire)] = desc
+        self._seen[fields] = desc
         if desc.event:  # the client's writes before the request, on its stream
             self._wait_event(desc.event, view, stream)
         return view

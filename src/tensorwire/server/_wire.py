@@ -4,7 +4,9 @@ The codec hands the server narrowed tensors as `Narrowed` placeholders. Most ops
 widened (into recycled buffers) and compute in the original dtype. An op that only moves
 elements around gives the same bits in either width, so when the reply would be narrowed to
 the same format anyway, its arguments stay narrow: that saves a widening and a narrowing of
-every byte (about 17 ms per 100 MB identity round trip on the 2-vCPU VM).
+every byte (about 17 ms per 100 MB identity round trip on the 2-vCPU VM). A backend on a
+device (CUDA) widens a call's arguments, and a graph's inputs and constants, itself: they
+cross to the device narrow.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ ELEMENT_MOVING_OPS = frozenset({"identity", "reshape", "transpose", "permute", "
 
 def _narrowed(value: Any) -> bool:
     return isinstance(value, Narrowed)
+
+
+def _unwrap(n: Narrowed) -> Any:
+    return n.value
 
 
 def _tensor(value: Any) -> bool:
@@ -44,18 +50,20 @@ def settle_narrowed(
         return None
     keep = handles == 0 and len(narrowed) == len(tensors) and _stays_narrow(request, path, narrowed)
 
-    def settle(n: Narrowed) -> Any:
-        return n.value if keep else n.widen(pool)
+    def by_codec(n: Narrowed) -> Any:
+        return n.widen(pool)
 
-    def on_device(n: Narrowed) -> Any:
-        assert backend is not None
-        native = backend.widen(n.value, n.original)
+    def by_backend(n: Narrowed) -> Any:
+        native = backend.widen(n.value, n.original) if backend is not None else None
         return native if native is not None else n.widen(pool)
 
-    if backend is not None and request.kind == "graph":
-        _graph_on_device(request, on_device)  # then the rest (if any) as usual
-    elif backend is not None and request.kind == "call" and not keep:
-        settle = on_device
+    settle = by_codec
+    if keep:
+        settle = _unwrap
+    elif request.kind == "call":
+        settle = by_backend
+    elif request.kind == "graph":
+        _graph_on_device(request, by_backend)  # values inline in nodes stay for the codec
     request.args = tree_map(settle, request.args, _narrowed)
     request.kwargs = tree_map(settle, request.kwargs, _narrowed)
     return (narrowed[0].value.dtype, narrowed[0].original) if keep else None
