@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml setup.py src/tensorwire/codec/_fastcast.c
 	$(BIN)/pip install -q -e '.[test,bench]'
 	# The CPU build of torch lies on these machines' disk; without it torch tests skip.
 	$(BIN)/pip install -q torch==2.13.0 || echo "torch unavailable: torch-backend tests will be skipped"
@@ -20,8 +20,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tensorwire diagnose --quick --plots report/ --out report/report.md --json report/report.json
 
+# The native cast kernel must have been built here: its absence fails a test, not a fallback.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	TENSORWIRE_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -5,7 +5,7 @@
 Per size (float32 arrays), medians, interleaved round robin:
 - cast to the wire (bfloat16, float16) and back, by tensorwire.codec.to_wire/from_wire with
   each backend: torch on 1 thread and on torch's default thread count, ml_dtypes (bfloat16),
-  numpy (float16);
+  numpy (float16), and tensorwire's native kernel (bfloat16, where the install built it);
 - a ZeroMQ PAIR round trip to a bare echo child process over tcp://127.0.0.1 (and over ipc,
   for comparison) of the float32 bytes, and of the half-size bytes a cast leaves;
 - a request with a cast wire pays 4 casts (client out, server in, server out, client in): the
@@ -43,6 +43,7 @@ from _harness import (  # noqa: E402
     write_json,
 )
 from tensorwire.codec import from_wire, to_wire  # noqa: E402
+from tensorwire.codec._native import available as native_available  # noqa: E402
 from tensorwire.codec._precision import torch_available  # noqa: E402
 
 
@@ -99,8 +100,11 @@ def measure_casts(arr: np.ndarray, reps: int) -> dict[str, Stats]:
         ro.flags.writeable = False  # what a received frame looks like
         pool_to, pool_back = np.empty_like(cast), np.empty_like(arr)
         plain = "ml_dtypes" if wire == "bfloat16" else "numpy"
-        for be in ["numpy", "torch"] if torch_available() else ["numpy"]:
-            label = plain if be == "numpy" else "torch"
+        backends = ["numpy", "torch"] if torch_available() else ["numpy"]
+        if wire == "bfloat16" and native_available():
+            backends.append("native")
+        for be in backends:
+            label = plain if be == "numpy" else be
             fns[f"{wire} to / {label}"] = lambda w=wire, b=be: to_wire(arr, w, backend=b)
             fns[f"{wire} back / {label}"] = lambda r=ro, o=orig, b=be: from_wire(r, o, backend=b)
             fns[f"{wire} to / {label} pooled"] = lambda w=wire, b=be, p=pool_to: to_wire(

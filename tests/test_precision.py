@@ -20,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 from tensorwire.codec import (
     WIRE_DTYPES_ALLOWED,
     Exact,
+    _native,
     _precision,
     cast_bounds,
     cast_error_bound,
@@ -40,6 +41,8 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 WIRE_NP = {"bfloat16": BF16, "float16": F16}
 BACKENDS = ["torch", "numpy"] if _precision.torch_available() else ["numpy"]
+if _native.available():
+    BACKENDS.append("native")  # bfloat16 only; float16 falls through to the others
 needs_torch = pytest.mark.skipif(not _precision.torch_available(), reason="torch not installed")
 
 

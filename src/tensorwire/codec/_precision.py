@@ -24,10 +24,13 @@ Special values:
 Never cast: integers, bools, complex, float16/bfloat16 already, and anything wrapped in
 `Exact` (`exact(x)`). `to_wire` returns those unchanged (an `Exact` unwrapped) with None.
 
-Speed: torch (when importable; imported on the first large cast, never at module import)
-converts into a numpy-allocated output (numpy's large allocations get huge pages; torch's
-own allocator's fresh pages fault one 4 KiB page at a time, which costs more than the cast),
-using torch's intra-op threads. Without torch: ml_dtypes for bfloat16, numpy for float16.
+Speed: from 32 MiB, float32 <-> bfloat16 goes through tensorwire's own kernel where the
+install built it (`_native`: streaming stores, which skip the cache a tensor that size would
+only flush; ~1.25x torch on the 2-vCPU VM). Otherwise torch (when importable; imported on
+the first large cast, never at module import) converts into a numpy-allocated output
+(numpy's large allocations get huge pages; torch's own allocator's fresh pages fault one
+4 KiB page at a time, which costs more than the cast), using torch's intra-op threads.
+Without torch: ml_dtypes for bfloat16, numpy for float16.
 Read-only inputs (received frames) are read through a writable alias, never written.
 """
 
@@ -42,11 +45,12 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ProtocolError
+from . import _native
 from ._pool import BufferPool
 
 WIRE_DTYPES_ALLOWED: Final = ("bfloat16", "float16")
 WIRE_POLICIES: Final = (None, "bfloat16", "float16", "auto")
-BACKENDS: Final = ("auto", "torch", "ml_dtypes", "numpy")
+BACKENDS: Final = ("auto", "native", "torch", "ml_dtypes", "numpy")
 
 # "auto" casts to bfloat16 only over these transports and from this many bytes (the
 # tensor's size before the cast). Shared memory, ipc frames and inproc are never cast:
@@ -164,7 +168,8 @@ def to_wire(
     `out`: a writable array of arr's shape and the wire dtype to write into; `pool`: where
     to get that array when `out` is None (at 100 MB a fresh output's page faults and zeroing
     cost more than the cast itself). Both are ignored when arr is not cast.
-    `backend`: "auto" | "torch" | "ml_dtypes" | "numpy"."""
+    `backend`: "auto" | "native" | "torch" | "ml_dtypes" | "numpy". "native" takes the
+    kernel at any size where it applies (float32 <-> bfloat16), and "auto"'s choice elsewhere."""
     if isinstance(arr, Exact):
         return arr.value, None
     if isinstance(arr, Narrowed):
@@ -328,17 +333,29 @@ def _cast(
             out = pool.empty(src.shape, target, order=order)
         else:
             out = np.empty(src.shape, dtype=target, order=order)
+    if _native_cast(src, backend, out):
+        return out
     if not _torch_cast(src, backend, out):
         with np.errstate(over="ignore", invalid="ignore"):
             np.copyto(out, src, casting="unsafe")
     return out
 
 
+def _native_cast(src: np.ndarray, backend: str, out: np.ndarray) -> bool:
+    """Cast src into out with the native kernel; False: use torch or numpy instead.
+    "auto" takes it only for outputs too big to stay cached (its stores bypass the cache)."""
+    if backend == "native" or (
+        backend == "auto" and max(src.nbytes, out.nbytes) >= _native.NATIVE_MIN_BYTES
+    ):
+        return _native.cast(src, out)
+    return False
+
+
 def _torch_cast(src: np.ndarray, backend: str, out: np.ndarray) -> bool:
     """Cast src into out with torch; False: use numpy instead."""
     if backend in ("numpy", "ml_dtypes"):
         return False
-    if backend == "auto" and src.nbytes < TORCH_MIN_BYTES:
+    if backend in ("auto", "native") and src.nbytes < TORCH_MIN_BYTES:
         return False
     torch = _torch()
     if torch is None:

@@ -1,0 +1,130 @@
+"""The native float32 <-> bfloat16 cast (`_fastcast.c`), where the install could build it.
+
+It writes with streaming stores, which pays only when the output is too big to stay in the
+cache anyway: from NATIVE_MIN_BYTES of float32 up. Below that torch's cached stores win
+(BENCHMARKS.md, issue 5). Without the library (no compiler at install, or a source tree
+used in place) `available()` is False and the casts go through torch or ml_dtypes.
+
+The kernel trusts its pointers, so `cast` checks everything first: dtypes, equal sizes,
+both arrays contiguous in the same order, the output writable and aligned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import ml_dtypes
+import numpy as np
+
+ABI: Final = 1
+ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* value
+NATIVE_MIN_BYTES: Final = 32 << 20  # float32 bytes; about a server CPU's last-level cache
+MAX_THREADS: Final = 4  # memory-bound: more threads only queue on the same channels
+
+_NARROW, _WIDEN = 0, 1
+_F32 = np.dtype(np.float32)
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+_lib: Any = None
+_loaded = False
+
+
+def _load() -> Any:
+    global _lib, _loaded
+    if not _loaded:
+        _loaded = True
+        here = Path(__file__).resolve().parent
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = here / f"_fastcast{suffix}"
+            if path.is_file():
+                _lib = _open(path)
+                break
+    return _lib
+
+
+def _open(path: Path) -> Any:
+    try:
+        lib = ctypes.CDLL(str(path))
+        lib.tw_fastcast_abi.restype = ctypes.c_int
+        if lib.tw_fastcast_abi() != ABI:
+            return None  # a stale build from another version
+    except (OSError, AttributeError):
+        return None
+    lib.tw_fastcast_best_isa.restype = ctypes.c_int
+    lib.tw_fastcast.restype = ctypes.c_int
+    lib.tw_fastcast.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.tw_fastcast.argtypes += [ctypes.c_int] * 4  # kind, threads, isa, stream
+    return lib
+
+
+def available() -> bool:
+    return _load() is not None
+
+
+def best_isa() -> str | None:
+    """The widest instruction set the kernel uses on this CPU; None without the kernel."""
+    lib = _load()
+    return None if lib is None else ISAS[lib.tw_fastcast_best_isa()]
+
+
+def default_threads() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_THREADS, cpus or 1))
+
+
+def applies(src: np.ndarray, out: np.ndarray) -> bool:
+    """Whether `cast(src, out)` can take this pair: float32 <-> bfloat16, same element count,
+    both C- or both F-contiguous, out writable and element-aligned."""
+    kinds = (src.dtype, out.dtype)
+    if kinds != (_F32, _BF16) and kinds != (_BF16, _F32):
+        return False
+    if src.size != out.size or not out.flags.writeable or not out.flags.aligned:
+        return False
+    same_c = src.flags.c_contiguous and out.flags.c_contiguous
+    same_f = src.flags.f_contiguous and out.flags.f_contiguous
+    return same_c or same_f
+
+
+def cast(
+    src: np.ndarray,
+    out: np.ndarray,
+    *,
+    threads: int | None = None,
+    isa: str | None = None,
+    stream: bool = True,
+) -> bool:
+    """Cast src into out (float32 -> bfloat16, round-to-nearest-even, or back, exact).
+    False, with out untouched, when the kernel is missing or the pair does not qualify
+    (`applies`). `isa`: force "scalar" | "avx2" | "avx512" (tests); ValueError when this
+    CPU lacks it. src may be read-only: the kernel only reads it."""
+    lib = _load()
+    if lib is None or not applies(src, out):
+        return False
+    level = lib.tw_fastcast_best_isa() if isa is None else _isa_level(lib, isa)
+    if src.size:
+        kind = _NARROW if src.dtype == _F32 else _WIDEN
+        rc = lib.tw_fastcast(
+            src.__array_interface__["data"][0],
+            out.__array_interface__["data"][0],
+            src.size,
+            kind,
+            threads or default_threads(),
+            level,
+            int(stream),
+        )
+        if rc != 0:
+            return False
+    return True
+
+
+def _isa_level(lib: Any, isa: str) -> int:
+    if isa not in ISAS:
+        raise ValueError(f"unknown instruction set {isa!r}; known: {', '.join(ISAS)}")
+    level = ISAS.index(isa)
+    if level > lib.tw_fastcast_best_isa():
+        raise ValueError(f"this CPU lacks {isa}")
+    return level

@@ -1,0 +1,139 @@
+"""The native float32 <-> bfloat16 kernel (codec/_fastcast.c via codec._native): bit for bit
+the reference rounding on every instruction set this CPU has, at every alignment and split."""
+
+from __future__ import annotations
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from tensorwire.codec import _native, from_wire, to_wire
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+built = _native.available()
+needs_kernel = pytest.mark.skipif(not built, reason="the native cast kernel was not built")
+ISAS = [i for i in _native.ISAS if built and _native.ISAS.index(i) <= _native.ISAS.index(
+    _native.best_isa() or "scalar")]
+
+
+def test_kernel_built_where_required() -> None:
+    """`make test` sets TENSORWIRE_REQUIRE_NATIVE=1: there a missing build is a failure,
+    not a silent fallback to the slower casts."""
+    if os.environ.get("TENSORWIRE_REQUIRE_NATIVE") != "1":
+        pytest.skip("TENSORWIRE_REQUIRE_NATIVE is not set")
+    assert built, "codec/_fastcast.c was not compiled by the install"
+    assert _native.best_isa() in _native.ISAS
+
+
+def reference_narrow(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even in integers, NaN to a quiet NaN of the same sign: uint16 bits."""
+    b = x.view(np.uint32).astype(np.uint64)
+    rounded = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = (b & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, ((b >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def structured_floats() -> np.ndarray:
+    """Every bfloat16 high half with the low halves that decide rounding: zero, just above,
+    just below the tie, the tie, just above it, all ones. Covers every exponent (subnormals,
+    Inf, NaN with payloads, both signs) and every tie."""
+    hi = np.arange(1 << 16, dtype=np.uint32) << 16
+    lows = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=np.uint32)
+    return (hi[:, None] | lows[None, :]).ravel().view(np.float32)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_narrow_matches_reference_bit_for_bit(isa: str) -> None:
+    x = structured_floats()
+    out = np.empty(x.size, BF16)
+    assert _native.cast(x, out, isa=isa)
+    got, want = out.view(np.uint16), reference_narrow(x)
+    assert np.array_equal(got, want)
+    # the reference itself agrees with ml_dtypes on every non-NaN value
+    finite_or_inf = ~np.isnan(x)
+    assert np.array_equal(got[finite_or_inf], x[finite_or_inf].astype(BF16).view(np.uint16))
+    assert np.isnan(out.astype(np.float32)[~finite_or_inf]).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_widen_is_exact_for_all_65536_values(isa: str) -> None:
+    h = np.arange(1 << 16, dtype=np.uint16).view(BF16)
+    out = np.empty(h.size, np.float32)
+    assert _native.cast(h, out, isa=isa)
+    assert np.array_equal(out.view(np.uint32), h.view(np.uint16).astype(np.uint32) << 16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 31, 33, 1000, 4099])
+def test_sizes_splits_and_misaligned_outputs(isa: str, threads: int, n: int) -> None:
+    """Every head/body/tail combination: outputs 2 bytes off a cache line, odd sizes, more
+    threads than elements (64 is clamped to the kernel's 16)."""
+    rng = np.random.default_rng(n * 31 + threads)
+    x = (rng.standard_normal(n) * 1e3).astype(np.float32)
+    for offset in (0, 1, 3):  # in elements of the output
+        out16 = np.zeros(n + offset, BF16)[offset:]
+        assert _native.cast(x, out16, isa=isa, threads=threads)
+        assert np.array_equal(out16.view(np.uint16), reference_narrow(x))
+        out32 = np.zeros(n + offset, np.float32)[offset:]
+        assert _native.cast(out16, out32, isa=isa, threads=threads, stream=offset == 1)
+        assert np.array_equal(out32, out16.astype(np.float32))
+
+
+@needs_kernel
+def test_layouts_read_only_and_refusals() -> None:
+    x = np.arange(24, dtype=np.float32).reshape(4, 6) / 7
+    fortran = np.asfortranarray(x)
+    out = np.empty((4, 6), BF16, order="F")
+    assert _native.cast(fortran, out)
+    assert np.array_equal(out, fortran.astype(BF16))
+
+    ro = x.astype(BF16)
+    ro.flags.writeable = False  # a received frame: read, never written
+    back = np.empty((4, 6), np.float32)
+    assert _native.cast(ro, back)
+    assert np.array_equal(back, ro.astype(np.float32))
+
+    # pairs the kernel does not take: left untouched, the caller casts another way
+    c_out = np.zeros((4, 6), BF16)
+    assert not _native.cast(fortran, c_out)  # mixed orders
+    assert not _native.cast(x[:, ::2], np.zeros((4, 3), BF16))  # strided
+    assert not _native.cast(x, np.zeros((4, 6), np.float16))  # not bfloat16
+    assert not _native.cast(x.astype(np.float64), c_out)  # float64: rounded to odd first
+    assert not _native.cast(x, np.zeros(23, BF16))  # sizes differ
+    frozen = np.zeros((4, 6), BF16)
+    frozen.flags.writeable = False
+    assert not _native.cast(x, frozen)
+    odd = np.zeros(49, np.uint8)[1:].view(BF16).reshape(4, 6)  # not element-aligned
+    assert not odd.flags.aligned and not _native.cast(x, odd)
+    assert not c_out.view(np.uint16).any()
+
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _native.cast(x, c_out, isa="sse9")
+
+
+@needs_kernel
+def test_to_wire_uses_it_and_agrees_with_ml_dtypes() -> None:
+    """backend="native" through the public casts, float64 included (rounded to odd, then
+    through the kernel), and "auto" above NATIVE_MIN_BYTES."""
+    rng = np.random.default_rng(5)
+    x64 = rng.standard_normal(5000) * 1e-3
+    narrow, original = to_wire(x64, "bfloat16", backend="native")
+    assert original == "float64"
+    ref, _ = to_wire(x64, "bfloat16", backend="ml_dtypes")
+    assert np.array_equal(narrow.view(np.uint16), ref.view(np.uint16))
+    back = from_wire(narrow, "float32", backend="native")
+    assert np.array_equal(back, narrow.astype(np.float32))
+
+    big = rng.standard_normal(_native.NATIVE_MIN_BYTES // 4 + 3).astype(np.float32)
+    big[:4] = [np.nan, -np.inf, np.inf, -0.0]
+    auto, _ = to_wire(big, "bfloat16")
+    assert np.array_equal(auto.view(np.uint16), reference_narrow(big))
+    wide = from_wire(auto, "float32")
+    assert np.isnan(wide[0]) and wide[1] == -np.inf and wide[2] == np.inf
+    assert np.signbit(wide[3]) and wide[3] == 0
