@@ -4,18 +4,21 @@ the reference rounding on every instruction set this CPU has, at every alignment
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from conftest import child_env
 from tensorwire.codec import _native, from_wire, to_wire
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 built = _native.available()
 needs_kernel = pytest.mark.skipif(not built, reason="the native cast kernel was not built")
-ISAS = [i for i in _native.ISAS if built and _native.ISAS.index(i) <= _native.ISAS.index(
-    _native.best_isa() or "scalar")]
+# every instruction set this CPU runs, up to the one the kernel picks by itself
+ISAS = list(_native.ISAS[: _native.ISAS.index(_native.best_isa() or "scalar") + 1]) if built else []
 
 
 def test_kernel_built_where_required() -> None:
@@ -137,3 +140,21 @@ def test_to_wire_uses_it_and_agrees_with_ml_dtypes() -> None:
     wide = from_wire(auto, "float32")
     assert np.isnan(wide[0]) and wide[1] == -np.inf and wide[2] == np.inf
     assert np.signbit(wide[3]) and wide[3] == 0
+
+
+def test_environment_switch_turns_it_off() -> None:
+    """TENSORWIRE_NATIVE_CAST=0: the kernel is never loaded and the casts still work."""
+    code = (
+        "import numpy as np\n"
+        "from tensorwire.codec import _native, to_wire, from_wire\n"
+        "x = np.linspace(-3, 3, 1001, dtype=np.float32)\n"
+        "n, o = to_wire(x, 'bfloat16', backend='native')\n"
+        "assert not _native.available() and _native.best_isa() is None\n"
+        "assert np.array_equal(from_wire(n, o), x.astype('bfloat16').astype(np.float32))\n"
+        "print('ok')\n"
+    )
+    env = child_env(**{_native.DISABLE_ENV: "0"})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -3,7 +3,8 @@
 It writes with streaming stores, which pays only when the output is too big to stay in the
 cache anyway: from NATIVE_MIN_BYTES of float32 up. Below that torch's cached stores win
 (BENCHMARKS.md, issue 5). Without the library (no compiler at install, or a source tree
-used in place) `available()` is False and the casts go through torch or ml_dtypes.
+used in place) `available()` is False and the casts go through torch or ml_dtypes; so
+with TENSORWIRE_NATIVE_CAST=0 in the environment.
 
 The kernel trusts its pointers, so `cast` checks everything first: dtypes, equal sizes,
 both arrays contiguous in the same order, the output writable and aligned.
@@ -24,6 +25,7 @@ ABI: Final = 1
 ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* value
 NATIVE_MIN_BYTES: Final = 32 << 20  # float32 bytes; about a server CPU's last-level cache
 MAX_THREADS: Final = 4  # memory-bound: more threads only queue on the same channels
+DISABLE_ENV: Final = "TENSORWIRE_NATIVE_CAST"  # "0": never load the kernel (comparisons)
 
 _NARROW, _WIDEN = 0, 1
 _F32 = np.dtype(np.float32)
@@ -37,6 +39,8 @@ def _load() -> Any:
     global _lib, _loaded
     if not _loaded:
         _loaded = True
+        if os.environ.get(DISABLE_ENV) == "0":
+            return None
         here = Path(__file__).resolve().parent
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             path = here / f"_fastcast{suffix}"
