@@ -331,7 +331,7 @@ def print_machine(info: dict[str, Any]) -> None:
     print(f"         load average at start (1/5/15 min): {load}; now {os.getloadavg()[0]:.2f}")
     print(f"         {versions}")
     if "native_cast" in info:
-        kernel = info["native_cast"] or "not built (torch / ml_dtypes casts)"
+        kernel = info["native_cast"] or "off (not built, or TENSORWIRE_NATIVE_CAST=0): torch casts"
         print(f"         native bfloat16 cast kernel: {kernel}")
 
 
