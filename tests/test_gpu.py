@@ -679,3 +679,42 @@ def test_narrowed_arguments_are_widened_on_the_gpu(cuda_server: Any) -> None:
         z = g.run(out, x=x)  # a graph input: widened on the GPU as well
     np.testing.assert_array_equal(y, bf16(-bf16(x)))
     np.testing.assert_array_equal(z, bf16(np.maximum(-bf16(x), 0)))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_results_are_narrowed_on_the_gpu(tmp_path: Path) -> None:
+    """A float32 result the reply narrows leaves the GPU narrowed: into the client's arena
+    over shared memory, as frames over tcp; the bits are the codec's."""
+    import ml_dtypes
+
+    import tensorwire as tw
+
+    def bf16(a: np.ndarray) -> np.ndarray:
+        return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    x = np.random.default_rng(2).standard_normal((1024, 1024), dtype=np.float32)
+    listen = ["tcp://127.0.0.1:0", f"ipc://{tmp_path}/tw.sock"]
+    with tw.Server(listen=listen, backend="torch", device="cuda", insecure=True) as server:
+        backend = server._core.handler.backend
+        assert backend.device_casts
+        made: list[str] = []
+        narrowed = backend._narrowed
+
+        def counting(t: Any, wire: str) -> Any:
+            made.append(f"{t.device.type}:{wire}")
+            return narrowed(t, wire)
+
+        backend._narrowed = counting
+        tcp, ipc = server.urls
+        with tw.Client(tcp, transport="zmq", wire_dtype="bfloat16") as gpu:
+            y = gpu.neg(x)
+            assert gpu.last_trace["paths"]["reply"] == ["frame+bfloat16"]
+        with tw.Client(ipc, wire_dtype="bfloat16") as gpu:
+            z = gpu.neg(x)
+            (reply,) = gpu.last_trace["paths"]["reply"]
+            assert reply.startswith("shm") and "bfloat16" in reply
+            assert gpu.last_trace["device_to_host"] > 0
+    assert made == ["cuda:bfloat16", "cuda:bfloat16"]
+    np.testing.assert_array_equal(y, bf16(-bf16(x)))
+    np.testing.assert_array_equal(z, bf16(-bf16(x)))

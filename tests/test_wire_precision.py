@@ -330,5 +330,60 @@ def test_a_device_backend_widens_call_arguments_itself():
             assert g.last_plan == "hit" and len(widened) == 9  # the plan cache knows them
 
 
+def test_a_device_backend_narrows_results_itself(tmp_path):
+    # On CUDA the torch backend narrows float32 results the reply will narrow anyway on the
+    # device, before they cross to the host (half the bytes over PCIe, none of the server's
+    # CPU); here the same path runs with the CPU as the device, over tcp frames and over
+    # shared memory (where the narrow result is placed in the client's arena).
+    pytest.importorskip("torch")
+    x = np.random.default_rng(8).standard_normal((128, 64)).astype(np.float32)
+    narrow = _bf16(x)
+    listen = ["tcp://127.0.0.1:0", f"ipc://{tmp_path}/tw.sock"]
+    with tw.Server(listen=listen, backend="torch", insecure=True) as server:
+        backend = server._core.handler.backend
+        backend.device_casts = True
+        made = []
+        narrowed = backend._narrowed
+
+        def counting(t, wire):
+            out = narrowed(t, wire)
+            made.append((wire, str(out.value.dtype)))
+            return out
+
+        backend._narrowed = counting
+        tcp, ipc = server.urls
+        with tw.Client(tcp, transport="zmq", wire_dtype="bfloat16") as gpu:
+            y = gpu.neg(x)
+            assert made == [("bfloat16", "bfloat16")]
+            assert gpu.last_trace["paths"]["reply"] == ["frame+bfloat16"]
+            np.testing.assert_array_equal(y, -narrow)  # torch rounds as the codec does
+            h = gpu.matmul(x, x.T, wire_dtype="float16")
+            assert made[-1] == ("float16", "float16") and h.dtype == np.float32
+            x16 = x.astype(np.float16).astype(np.float32)
+            np.testing.assert_allclose(h, (x16 @ x16.T).astype(np.float16), rtol=2e-3)
+            d = gpu.neg(x.astype(np.float64))  # float64: left to the codec (no double rounding)
+            assert len(made) == 2 and d.dtype == np.float64
+            np.testing.assert_array_equal(d, -x.astype(np.float64).astype(ml_dtypes.bfloat16))
+            a = gpu.neg(x, wire_dtype="auto")  # "auto" narrows nothing on loopback
+            assert len(made) == 2 and gpu.last_trace["paths"]["reply"] == ["frame"]
+            np.testing.assert_array_equal(a, -x)
+            with gpu.graph() as g:
+                out = g.relu(g.neg(g.input("x")))
+            z = g.run(out, x=x)
+            assert len(made) == 3
+            np.testing.assert_array_equal(z, np.maximum(-narrow, 0))
+            bad = np.array([np.nan, np.inf, -np.inf, 3.4e38, 1e-40], np.float32)
+            back = gpu.neg(bad)  # NaN and Inf survive; overflow becomes Inf, as in the codec
+            assert np.isnan(back[0]) and back[1] == -np.inf and back[2] == np.inf
+            np.testing.assert_array_equal(back[3:], _bf16(-bad[3:]))
+        big = np.random.default_rng(9).standard_normal((512, 256)).astype(np.float32)
+        with tw.Client(ipc, wire_dtype="bfloat16") as gpu:  # shared memory
+            y = gpu.neg(big)
+            (reply,) = gpu.last_trace["paths"]["reply"]
+            assert reply.startswith("shm") and "bfloat16" in reply
+            assert made[-1] == ("bfloat16", "bfloat16") and len(made) == 5
+            np.testing.assert_array_equal(y, -_bf16(big))
+
+
 def _bf16(a):
     return a.astype(ml_dtypes.bfloat16).astype(np.float32)

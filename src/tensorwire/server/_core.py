@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ from ._resident import Quotas
 from ._sessions import Session, Sessions
 from ._wire import mark_narrowed, settle_narrowed
 from .ops import OpRegistry, default_registry, make_backend
+from .ops._output import narrowing_replies
 
 log = logging.getLogger("tensorwire.server")
 
@@ -311,13 +313,18 @@ class ServerCore:
             request.meta["user"] = self._user(item)  # the session belongs to this identity
             if item.ucx is not None:
                 request.meta["host"] = None  # a remote session: no shared memory, no CUDA IPC
-        result, compute = self.handler.handle(request, session, decoded.handles)
+        policy = _reply_policy(decoded.meta.get("w"))
+        if policy is None:
+            result, compute = self.handler.handle(request, session, decoded.handles)
+        else:  # a device backend may narrow its results before they leave the device
+            with narrowing_replies(_narrowing(policy, path)):
+                result, compute = self.handler.handle(request, session, decoded.handles)
         if narrow is not None:
             result = mark_narrowed(result, narrow)
         device = self.handler.backend.take_timings()  # {} on CPU; fences this request's copies
         encoded_at = time.perf_counter()
         placer = channel.place if channel is not None and request.kind != "hello" else None
-        caster = _caster(decoded.meta.get("w"), path, self._cast_buffers)
+        caster = None if policy is None else _caster(policy, path, self._cast_buffers)
         encoded = encode_payload(result, placer, caster)
         done = time.perf_counter()
         obs.stages = server_stages(
@@ -451,13 +458,23 @@ def _user(item: _Incoming) -> str | None:
     return user if isinstance(user, str) else None
 
 
-def _caster(wire: Any, path: str, pool: BufferPool) -> Caster | None:
-    """Narrow results the way the client narrowed its request (its wire policy)."""
+def _reply_policy(wire: Any) -> str | None:
+    """The client's wire policy for the reply (its request's "w"), checked; None: none."""
     if wire is None:
         return None
     policy = validate_wire_dtype(wire) if isinstance(wire, str) else None
     if policy is None:
         raise ProtocolError(f"unknown wire dtype {wire!r}")
+    return policy
+
+
+def _narrowing(policy: str, path: str) -> Callable[[int], str | None]:
+    """What `_caster` would narrow a float32 result of n bytes to, asked ahead of it."""
+    return lambda nbytes: choose(policy, transport_path=path, nbytes=nbytes)
+
+
+def _caster(policy: str, path: str, pool: BufferPool) -> Caster:
+    """Narrow results the way the client narrowed its request (its wire policy)."""
 
     def cast(arr: Any) -> tuple[np.ndarray, str | None]:
         wire = choose(policy, transport_path=path, nbytes=arr.nbytes)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...codec import Narrowed
 from ._table import Kernel
 
 BACKENDS = ("auto", "numpy", "torch")
@@ -28,8 +29,10 @@ class Backend(ABC):
         """A numpy array from the codec -> a native tensor on this backend's device."""
 
     @abstractmethod
-    def to_wire(self, value: Any) -> np.ndarray:
-        """A native tensor (or numpy array/scalar) -> a C- or F-contiguous numpy array."""
+    def to_wire(self, value: Any) -> np.ndarray | Narrowed:
+        """A native tensor (or numpy array/scalar) -> a C- or F-contiguous numpy array; or,
+        where the backend narrowed it for the reply itself (`ops._output.reply_narrowing`),
+        that array as a `Narrowed`."""
 
     @abstractmethod
     def is_tensor(self, value: Any) -> bool:

@@ -1,9 +1,14 @@
-"""Where a kernel's result is allocated: normally the heap, for a reply the client's arena.
+"""Where a kernel's result is allocated: normally the heap, for a reply the client's arena;
+and the wire format a reply's float32 results will be narrowed to.
 
 A result computed on the heap must then be copied into the shared-memory arena
 (10 MB: ~0.5-1 ms here). While the server runs the op whose result goes straight
 back to a same-host client, it installs an allocator here and kernels that build
 their result with `new_output` write it into the arena directly.
+
+Likewise, while a request from a client with a wire policy runs, the server installs that
+policy here (`narrowing_replies`): a device backend narrows a result where it lies, before
+it crosses to the host (`reply_narrowing`), instead of the server's CPU doing it after.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 
 Allocator = Callable[[tuple[int, ...], np.dtype], "np.ndarray | None"]
 _ALLOCATOR: ContextVar[Allocator | None] = ContextVar("tensorwire_output", default=None)
+Narrowing = Callable[[int], "str | None"]  # float32 bytes -> "bfloat16" | "float16" | None
+_NARROWING: ContextVar[Narrowing | None] = ContextVar("tensorwire_narrowing", default=None)
 
 
 def reply_output(shape: Any, dtype: Any) -> np.ndarray | None:
@@ -50,3 +57,26 @@ class outputs_into:  # noqa: N801 - used like the function it replaced
 
     def __exit__(self, *exc: object) -> None:
         _ALLOCATOR.reset(self._token)
+
+
+def reply_narrowing(nbytes: int) -> str | None:
+    """The wire format ("bfloat16", "float16") the reply will narrow a float32 result of
+    `nbytes` bytes to, under the client's policy; None: it goes as float32."""
+    choose = _NARROWING.get()
+    return None if choose is None else choose(nbytes)
+
+
+class narrowing_replies:  # noqa: N801 - a context manager, like outputs_into
+    """`with narrowing_replies(choose):` while the request runs, `reply_narrowing` answers
+    with `choose` (None: nothing is narrowed)."""
+
+    __slots__ = ("_choose", "_token")
+
+    def __init__(self, choose: Narrowing | None) -> None:
+        self._choose = choose
+
+    def __enter__(self) -> None:
+        self._token = _NARROWING.set(self._choose)
+
+    def __exit__(self, *exc: object) -> None:
+        _NARROWING.reset(self._token)

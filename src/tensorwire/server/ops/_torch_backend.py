@@ -7,7 +7,9 @@ per-request totals (seconds) and resets them: the server calls it once per reque
 replying, and adds them to the reply's trace. Sources in a page-locked arena (registered
 with `channel._cuda.register_host`) are copied with `non_blocking=True` once the caller has
 shown (by calling take_timings, which waits for the stream) that it fences every request.
-Results come back through page-locked staging buffers (torch's pinned host allocator).
+Results come back through page-locked staging buffers (torch's pinned host allocator), or
+straight into the reply's arena; float32 results the client's wire policy narrows are
+narrowed on the device first (`device_casts`), as narrowed arguments are widened there.
 On the CPU nothing of this runs: from_wire/to_wire are the zero-copy views they always were.
 """
 
@@ -22,8 +24,9 @@ import numpy as np
 import torch
 
 from ...channel._cuda import is_registered
+from ...codec import Narrowed
 from ._backend import Backend, contiguous
-from ._output import reply_output
+from ._output import reply_narrowing, reply_output
 from ._table import check_kernels
 from ._torch_kernels import KERNELS
 
@@ -58,6 +61,7 @@ def _host_tensor(arr: np.ndarray) -> torch.Tensor:
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {torch.bfloat16: _BF16}
 _WIDE = {"float32": torch.float32, "float64": torch.float64}  # what narrowed tensors were
+_NARROW = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # wire formats
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
@@ -205,16 +209,29 @@ class TorchBackend(Backend):
             return None
         return self.from_wire(narrow).to(_WIDE[original])
 
-    def to_wire(self, value: Any) -> np.ndarray:
+    def to_wire(self, value: Any) -> np.ndarray | Narrowed:
         if not isinstance(value, torch.Tensor):
             return contiguous(np.asarray(value))
         # Per-request path: is_cpu and a detach only when needed cost less than a device
         # object and a new tensor every time.
         t = value.detach() if value.requires_grad else value
+        if self.device_casts and t.dtype == torch.float32:
+            wire = reply_narrowing(t.numel() * 4)
+            if wire is not None:
+                return self._narrowed(t, wire)
         if not t.is_cpu:
             return self._to_host(t)
         t = t.resolve_conj().resolve_neg()
         return contiguous(_host_numpy(t))
+
+    def _narrowed(self, t: torch.Tensor, wire: str) -> Narrowed:
+        """A float32 result narrowed where it lies, then brought to the host: half the bytes
+        cross PCIe, into the reply's arena where there is one, and the server's CPU casts
+        nothing. torch rounds to nearest even, as the codec does (float64 results are left
+        to the codec: torch would round them twice)."""
+        narrow = t.to(_NARROW[wire])
+        host = self._to_host(narrow) if not narrow.is_cpu else _host_numpy(narrow.contiguous())
+        return Narrowed(host, "float32")
 
     def _to_host(self, t: torch.Tensor) -> np.ndarray:
         """Device -> host, timed by events: straight into the reply's arena when the result
