@@ -126,6 +126,35 @@ def test_auto_never_casts_over_shared_memory():
     np.testing.assert_array_equal(y, big)
 
 
+def test_casts_over_shared_memory_go_straight_into_the_arenas():
+    # An explicit narrow wire over shared memory: the client casts into its arena and the
+    # server casts its result into the reply's arena, so neither copies after the cast.
+    # Arena blocks all come back; a full arena falls back to a frame, still cast.
+    x = np.random.default_rng(3).standard_normal((512, 256)).astype(np.float32)
+    with tw.Server(backend="numpy") as server:
+        with tw.Client(server.url, wire_dtype="bfloat16") as gpu:
+            arena = gpu._channel.c2s_alloc
+            assert arena.used == 0
+            y = gpu.neg(x)
+            assert gpu.last_trace["paths"]["request"] == ["shm(zero-copy)+bfloat16"]
+            assert gpu.last_trace["paths"]["reply"] == ["shm(direct)+bfloat16"]
+            np.testing.assert_array_equal(y, -_bf16(x))
+            z = gpu.add(x, x.astype(np.float64)[:1], wire_dtype="float16")  # float64 too
+            paths = gpu.last_trace["paths"]["request"]  # a 1 KB row goes inline, as always
+            assert paths == ["shm(zero-copy)+float16", "frame+float16"]
+            ref = x.astype(np.float16).astype(np.float64) + x[:1].astype(np.float16)
+            np.testing.assert_array_equal(z, ref.astype(np.float16).astype(np.float64))
+            del y, z
+            gpu.identity(np.zeros(4))  # the server hears of the released reply blocks
+            assert arena.used == 0  # every request block came back after its reply
+        big = np.random.default_rng(4).standard_normal((1024, 1024)).astype(np.float32)
+        with tw.Client(server.url, wire_dtype="bfloat16", shm_size=1 << 20) as small:
+            y = small.neg(big)  # 2 MB of bfloat16 do not fit the smallest arena, 1 MB
+            (request,) = small.last_trace["paths"]["request"]
+            assert request.startswith("frame") and request.endswith("+bfloat16")
+            np.testing.assert_array_equal(y, -_bf16(big))
+
+
 @pytest.mark.parametrize("wire", ["int8", "float32", "bf16", 16])
 def test_unknown_wire_dtype_is_refused(tcp_server, wire):
     with pytest.raises(ValueError, match="wire dtype"):

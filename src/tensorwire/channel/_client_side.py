@@ -74,15 +74,23 @@ class ClientChannel:
 
     def empty(self, shape: Any, dtype: Any) -> np.ndarray:
         """An uninitialised array in the c2s arena (sending it costs no copy)."""
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
-        offset = self.c2s_alloc.alloc(count * dt.itemsize)
-        if offset is None:
+        arr = self.try_empty(shape, dtype)
+        if arr is None:
+            nbytes = _count(shape) * np.dtype(dtype).itemsize
             raise ChannelError(
-                f"shared-memory arena has no room for {count * dt.itemsize} bytes "
+                f"shared-memory arena has no room for {nbytes} bytes "
                 f"(largest free block {self.c2s_alloc.largest_free()}); free arena arrays "
                 "or create the client with a larger shm_size"
             )
+        return arr
+
+    def try_empty(self, shape: Any, dtype: Any) -> np.ndarray | None:
+        """`empty`, or None when the arena has no room."""
+        dt = np.dtype(dtype)
+        count = _count(shape)
+        offset = self.c2s_alloc.alloc(count * dt.itemsize)
+        if offset is None:
+            return None
         block = self._new_block(C2S, offset, count * dt.itemsize)
         return np.frombuffer(block, dtype=dt, count=count).reshape(shape)
 
@@ -153,6 +161,10 @@ class ClientChannel:
             if start <= offset and offset + size <= start + len(block):
                 return start, block
         raise ProtocolError("result refers to arena memory this client does not hold")
+
+
+def _count(shape: Any) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
 
 
 def take_all(queue: deque[int]) -> list[int]:

@@ -43,6 +43,7 @@ from ..codec import (
     DEFAULT_LIMITS,
     BufferPool,
     HandleRef,
+    castable,
     choose,
     content_digest,
     decode,
@@ -55,6 +56,7 @@ from ..codec import (
     to_wire,
     tree_map,
     validate_wire_dtype,
+    wire_numpy_dtype,
 )
 from ..errors import (
     WIRE_ERRORS,
@@ -587,7 +589,7 @@ class Client:
         caster = None
         if wire is not None:
             meta["w"] = wire  # the server narrows its results the same way
-            caster = self._caster(wire)
+            caster = self._caster(wire, keep)
         encoded = encode_payload(payload, placer, caster, export)
         frames = encoded.frames(meta)
         t1 = time.perf_counter()
@@ -642,13 +644,25 @@ class Client:
                              reply_paths, decoded.meta.get("gm"))
         item.settle(result)
 
-    def _caster(self, wire: str) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:
-        """Narrow tensors per the wire policy; "auto" only where the wire is the bottleneck."""
-        path = "shm" if self._channel is not None else wire_path(self.url)
+    def _caster(
+        self, wire: str, keep: list[Any] | None = None
+    ) -> Callable[[np.ndarray], tuple[np.ndarray, str | None]]:
+        """Narrow tensors per the wire policy; "auto" only where the wire is the bottleneck.
+        With `keep` (the request's list of arena blocks) and shared memory, a tensor that
+        will go through the arena is cast straight into it: no copy after the cast."""
+        channel = self._channel
+        path = "shm" if channel is not None else wire_path(self.url)
 
         def cast(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
-            return to_wire(arr, choose(wire, transport_path=path, nbytes=arr.nbytes),
-                           pool=self._cast_buffers)
+            to = choose(wire, transport_path=path, nbytes=arr.nbytes)
+            out = None
+            if keep is not None and channel is not None and to is not None and castable(arr):
+                narrow = wire_numpy_dtype(to)
+                if arr.size * narrow.itemsize >= channel.inline_below:
+                    out = channel.try_empty(arr.shape, narrow)  # None: full, the pool it is
+                    if out is not None:
+                        keep.append(out)  # until the reply: the server reads it until then
+            return to_wire(arr, to, out=out, pool=self._cast_buffers)
 
         return cast
 

@@ -64,6 +64,7 @@ from ._precision import (
     Narrowed,
     cast_bounds,
     cast_error_bound,
+    castable,
     choose,
     exact,
     from_wire,
@@ -71,6 +72,7 @@ from ._precision import (
     unit_roundoff,
     unwrap,
     validate_wire_dtype,
+    wire_numpy_dtype,
 )
 
 __all__ += [
@@ -79,6 +81,7 @@ __all__ += [
     "Narrowed",
     "cast_bounds",
     "cast_error_bound",
+    "castable",
     "choose",
     "exact",
     "from_wire",
@@ -86,4 +89,5 @@ __all__ += [
     "unit_roundoff",
     "unwrap",
     "validate_wire_dtype",
+    "wire_numpy_dtype",
 ]

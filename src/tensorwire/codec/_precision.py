@@ -142,6 +142,14 @@ class Narrowed:
         return from_wire(self.value, self.original, pool=pool)
 
 
+def wire_numpy_dtype(wire: str) -> np.dtype[Any]:
+    """The numpy dtype of a wire format: "bfloat16" (ml_dtypes') or "float16"."""
+    found = _WIRE_NP.get(wire)
+    if found is None:
+        raise ValueError(f"unknown wire dtype {wire!r}; allowed: {', '.join(WIRE_DTYPES_ALLOWED)}")
+    return found
+
+
 def castable(arr: Any) -> bool:
     """Whether `to_wire` would cast `arr`: a float32 or float64 numpy array, not marked exact."""
     return isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8)

@@ -34,6 +34,7 @@ from ..codec import (
     Decoded,
     Limits,
     Narrowed,
+    castable,
     choose,
     decode,
     encode,
@@ -41,6 +42,7 @@ from ..codec import (
     peek_meta,
     to_wire,
     validate_wire_dtype,
+    wire_numpy_dtype,
 )
 from ..errors import AuthError, ProtocolError, QuotaExceeded, ServerBusy, SessionExpired
 from ..trace import server_stages
@@ -59,7 +61,7 @@ from ._resident import Quotas
 from ._sessions import Session, Sessions
 from ._wire import mark_narrowed, settle_narrowed
 from .ops import OpRegistry, default_registry, make_backend
-from .ops._output import narrowing_replies
+from .ops._output import Allocator, narrowing_replies
 
 log = logging.getLogger("tensorwire.server")
 
@@ -324,7 +326,10 @@ class ServerCore:
         device = self.handler.backend.take_timings()  # {} on CPU; fences this request's copies
         encoded_at = time.perf_counter()
         placer = channel.place if channel is not None and request.kind != "hello" else None
-        caster = None if policy is None else _caster(policy, path, self._cast_buffers)
+        caster = None
+        if policy is not None:  # results cast straight into the reply's arena where they go
+            arena = channel.output_allocator() if channel is not None and placer else None
+            caster = _caster(policy, path, self._cast_buffers, arena)
         encoded = encode_payload(result, placer, caster)
         done = time.perf_counter()
         obs.stages = server_stages(
@@ -473,12 +478,16 @@ def _narrowing(policy: str, path: str) -> Callable[[int], str | None]:
     return lambda nbytes: choose(policy, transport_path=path, nbytes=nbytes)
 
 
-def _caster(policy: str, path: str, pool: BufferPool) -> Caster:
-    """Narrow results the way the client narrowed its request (its wire policy)."""
+def _caster(policy: str, path: str, pool: BufferPool, arena: Allocator | None) -> Caster:
+    """Narrow results the way the client narrowed its request (its wire policy); into a
+    block of the reply's arena when `arena` gives one (the placer then copies nothing)."""
 
     def cast(arr: Any) -> tuple[np.ndarray, str | None]:
         wire = choose(policy, transport_path=path, nbytes=arr.nbytes)
-        return to_wire(arr, wire, pool=pool)
+        out = None
+        if arena is not None and wire is not None and castable(arr):
+            out = arena(arr.shape, wire_numpy_dtype(wire))  # None: small, or no room
+        return to_wire(arr, wire, out=out, pool=pool)
 
     return cast
 
