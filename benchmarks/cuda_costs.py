@@ -12,7 +12,8 @@ Rows (medians, microseconds):
                      1 KB numpy identity and a 1 MB torch CUDA identity (CUDA IPC), with the
                      client's per-stage trace medians
 
---profile FILE runs that server under cProfile (its main thread) and writes the stats there.
+--profile FILE runs that server under cProfile (its main thread) and writes the stats there,
+and the client's CUDA IPC calls under another cProfile, into FILE.client.
 Without CUDA it prints "no CUDA device: nothing measured" and exits 2.
 """
 
@@ -143,6 +144,12 @@ def tensorwire_calls(n: int, tmp: str, profile: str | None) -> dict[str, Any]:
                     traces.append(gpu.last_trace)
 
                 out[name] = median_us(call, n)
+                if profile and "CUDA" in name:  # the client's half, timed calls only
+                    import cProfile
+
+                    prof = cProfile.Profile()
+                    prof.runcall(median_us, call, n)
+                    prof.dump_stats(profile + ".client")
                 out[name + ": stage medians"] = {
                     k: round(statistics.median(t[k] for t in traces) * 1e6, 1)
                     for k, v in traces[0].items() if isinstance(v, float) and k != "total"}
@@ -175,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         import pstats
 
-        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
+        for path in (args.profile, args.profile + ".client"):
+            print(f"--- {path}")
+            pstats.Stats(path).sort_stats("tottime").print_stats(25)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows_us": rows}, indent=2))
     return 0

@@ -19,10 +19,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:$PWD/tests:${PYTHONPATH:-}
+# The native cast kernel, built in place as pip would (no pip install here); without a
+# compiler the casts fall back to torch, and env.txt says so.
+SUFFIX=$(python3 -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+cc -O2 -std=gnu11 -fPIC -shared -fvisibility=hidden -o "src/tensorwire/codec/_fastcast$SUFFIX" \
+  src/tensorwire/codec/_fastcast.c -lpthread 2>&1 | tail -3 || true
 {
   nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   python3 -c "import sys,torch,numpy,zmq;print(sys.version);print('torch',torch.__version__,torch.version.cuda,'numpy',numpy.__version__,'zmq',zmq.__version__,zmq.zmq_version())"
   ldd --version | head -1; ulimit -l; nproc; uname -r; git rev-parse --short HEAD
+  python3 -c "from tensorwire.codec import _native; print('native cast kernel:', _native.best_isa())"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 echo "=== gpu_check left=$(left)"
