@@ -506,3 +506,28 @@ def test_sessions_export_only_where_ipc_is_accepted() -> None:
     assert reply["ipc"] is False and "pid" not in reply
     session = cpu.get({"s": reply["session"]})
     assert session is not None and session.exports is None
+
+
+def test_aliases_in_another_dtype_share_the_memory(tmp_path: Path) -> None:
+    """A view in the argument's dtype is made with as_strided, one in another dtype (a custom
+    op's .view(torch.int32), say) on the storage itself: both alias the same memory, on the
+    client (the reply) and on the server (a second argument on an opened storage)."""
+    base = torch.arange(8, dtype=torch.float32)
+    same = ipc_results(IpcRef(0, {"dt": "float32", "off": 8, "sh": [2, 2], "st": [1, 2]}),
+                       [base])
+    other = ipc_results(IpcRef(0, {"dt": "int32", "off": 4, "sh": [3], "st": [1]}), [base])
+    assert same.tolist() == [[2.0, 4.0], [3.0, 5.0]]
+    assert other.dtype == torch.int32 and other.tolist() == base[1:4].view(torch.int32).tolist()
+    base[2] = -1.0
+    assert same[0, 0] == -1.0 and other[1] == base[2:3].view(torch.int32)[0]
+
+    client_memory = torch.arange(64, dtype=torch.float32)
+    imports = _imports(tmp_path, client_memory)
+    first = imports.open(wire(ss=256, sh=[8, 8], st=[8, 1]))
+    as_float = imports.open(wire(ss=256, off=4, sh=[4], st=[2]))
+    as_int = imports.open(wire(ss=256, off=1, dt="int32", sh=[2], st=[1]))
+    assert as_float.tolist() == [4.0, 6.0, 8.0, 10.0] and as_int.dtype == torch.int32
+    client_memory[1] = 0.0  # int32 0 has the bits of float32 0.0
+    assert as_int[0] == 0 and first[0, 1] == 0.0
+    with pytest.raises(CudaIpcRefused, match="reaches past"):
+        imports.open(wire(ss=256, off=60, sh=[2], st=[4]))

@@ -44,7 +44,6 @@ tests/test_gpu.py); the rest is written against torch's ``multiprocessing.reduct
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import os
 import re
@@ -280,9 +279,13 @@ def _ints(d: dict[str, Any], key: str, lo: int) -> tuple[int, ...]:
     if not isinstance(v, list | tuple) or len(v) > MAX_DIMS:
         raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must be a list of at most "
                              f"{MAX_DIMS} ints")
-    if any(type(x) is not int or x < lo or x > 1 << 62 for x in v):
-        raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must hold ints >= {lo}")
+    for x in v:  # a plain loop: this runs for every CUDA argument of every call
+        if type(x) is not int or x < lo or x > _MAX_INT:
+            raise CudaIpcRefused(f"CUDA IPC descriptor: {key!r} must hold ints >= {lo}")
     return tuple(v)
+
+
+_MAX_INT = 1 << 62
 
 
 def _view_part(d: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +370,11 @@ class IpcDescriptor:
 
     def with_view(self, d: dict[str, Any]) -> IpcDescriptor:
         """This storage export with the (validated) view and event of another map."""
-        desc = dataclasses.replace(self, **_view_part(d))
+        v = _view_part(d)  # positional, not dataclasses.replace: 3 us less per argument
+        desc = IpcDescriptor(self.device, self.uuid, self.handle, self.storage_offset,
+                             self.storage_size, v["offset"], v["dtype"], v["shape"],
+                             v["strides"], self.ref_counter, self.ref_offset, v["event"],
+                             self.pid)
         desc._check_extent()
         return desc
 
@@ -385,10 +392,11 @@ class IpcDescriptor:
 
     def _check_extent(self) -> None:
         """The tensor's last element must lie inside the storage the client shared."""
-        if any(s == 0 for s in self.shape):
-            return
-        last = self.offset + sum((n - 1) * st for n, st in zip(self.shape, self.strides,
-                                                                strict=True))
+        last = self.offset
+        for n, st in zip(self.shape, self.strides, strict=True):
+            if n == 0:
+                return  # no elements: nothing to reach
+            last += (n - 1) * st
         if (last + 1) * ITEMSIZE[self.dtype] > self.storage_size:
             raise CudaIpcRefused("CUDA IPC descriptor: the tensor reaches past its storage")
 
@@ -812,14 +820,19 @@ class IpcImports:
         self.leases.clear()
 
 
-_STORAGE_FIELDS = ("v", "uuid", "h", "so", "ss", "rc", "ro", "pid", "dev")
-
-
 def _storage_fields(wire: dict[str, Any]) -> tuple[Any, ...]:
     """What names one storage export (hashable; a field of a type that is not gives a key no
     export was ever stored under, so that map goes the validating way)."""
-    fields = tuple(wire.get(k) for k in _STORAGE_FIELDS)
-    return fields if all(type(f) in (int, str, bytes) for f in fields) else ()
+    get = wire.get
+    fields = (get("v"), get("uuid"), get("h"), get("so"), get("ss"), get("rc"), get("ro"),
+              get("pid"), get("dev"))  # spelled out, not a loop: once per argument
+    for f in fields:
+        if type(f) not in _HASHABLE:
+            return ()
+    return fields
+
+
+_HASHABLE = frozenset({int, str, bytes})
 
 
 @dataclass
@@ -832,5 +845,8 @@ def _view_like(base: Any, desc: IpcDescriptor) -> Any:
     """Another tensor on an already-opened storage (same handle and storage offset)."""
     import torch
 
-    out = torch.empty(0, dtype=getattr(torch, desc.dtype), device=base.device)
+    dtype = getattr(torch, desc.dtype)
+    if base.dtype == dtype:  # the usual case, and half the cost of an empty tensor + set_
+        return base.as_strided(desc.shape, desc.strides, desc.offset)
+    out = torch.empty(0, dtype=dtype, device=base.device)
     return out.set_(base.untyped_storage(), desc.offset, desc.shape, desc.strides)

@@ -273,7 +273,10 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     last = offset // itemsize + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
     if offset % itemsize or (0 not in shape and (last + 1) * itemsize > size):
         raise ProtocolError("CUDA IPC alias in the reply reaches past the argument's storage")
-    out = torch.empty(0, dtype=getattr(torch, dtype), device=base.device)
+    dt = getattr(torch, dtype)
+    if base.dtype == dt:  # the usual case (a view keeps its dtype): cheaper than set_
+        return base.as_strided(shape, strides, offset // itemsize)
+    out = torch.empty(0, dtype=dt, device=base.device)
     return out.set_(base.untyped_storage(), offset // itemsize, shape, strides)
 
 
