@@ -141,6 +141,12 @@ def test_to_wire_uses_it_and_agrees_with_ml_dtypes() -> None:
     assert np.isnan(wide[0]) and wide[1] == -np.inf and wide[2] == np.inf
     assert np.signbit(wide[3]) and wide[3] == 0
 
+    huge = np.resize(big, _native.PARALLEL_MIN_BYTES // 4 + 5)  # on the kernel's threads
+    split, _ = to_wire(huge, "bfloat16")
+    assert np.array_equal(split.view(np.uint16), reference_narrow(huge))
+    assert np.array_equal(from_wire(split, "float32").view(np.uint32),
+                          split.view(np.uint16).astype(np.uint32) << 16)
+
 
 def test_environment_switch_turns_it_off() -> None:
     """TENSORWIRE_NATIVE_CAST=0: the kernel is never loaded and the casts still work."""

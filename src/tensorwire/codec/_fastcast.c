@@ -1,14 +1,15 @@
 /* float32 <-> bfloat16 casts for large wire tensors, loaded with ctypes (no Python API).
  *
- * Why not torch: at 100 MB a cast is bound by memory traffic, not arithmetic. torch's
- * stores go through the cache, so each output line is first read (read-for-ownership) and
- * later evicted: narrowing moves 200 MB for 150 MB of data, widening 250 MB for 150 MB.
- * Non-temporal (streaming) stores skip both; on the 2-vCPU test VM that is 1.3x (narrow)
- * and 1.2x (widen) faster than torch (BENCHMARKS.md).
+ * Why not torch (codec/_native.py has the measurements): torch's OpenMP workers keep
+ * spinning after a parallel cast and take CPUs from the transfer that follows; this kernel
+ * runs on the caller's thread, or on threads that exit when done. And a large cast is bound
+ * by memory traffic: cached stores first read each output line (read-for-ownership), so
+ * narrowing moves 200 MB for 150 MB of data and widening 250 MB for 150 MB. Non-temporal
+ * (streaming) stores skip that: 100 MB casts 1.2-1.3x faster than torch's on the test VM.
  *
  * Rounding is done in integer arithmetic, not with AVX512-BF16's vcvtne2ps2bf16: that
  * instruction treats subnormal inputs as zero, and the wire promises round-to-nearest-even
- * for every float32 (precision/_precision.py). NaN becomes a quiet NaN with its sign kept.
+ * for every float32 (codec/_precision.py). NaN becomes a quiet NaN with its sign kept.
  *
  * Callers (codec/_precision.py) check contiguity, sizes and dtypes; this file trusts them.
  */

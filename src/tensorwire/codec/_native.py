@@ -1,10 +1,14 @@
 """The native float32 <-> bfloat16 cast (`_fastcast.c`), where the install could build it.
 
-It writes with streaming stores, which pays only when the output is too big to stay in the
-cache anyway: from NATIVE_MIN_BYTES of float32 up. Below that torch's cached stores win
-(BENCHMARKS.md, issue 5). Without the library (no compiler at install, or a source tree
-used in place) `available()` is False and the casts go through torch or ml_dtypes; so
-with TENSORWIRE_NATIVE_CAST=0 in the environment.
+Why not torch: after a parallel cast, torch's OpenMP workers keep spinning, and on a small
+machine they take the CPUs the transfer that follows needs. On the 2-vCPU test VM a 10 MB
+bfloat16 round trip over tcp took 9.2 ms with torch's casts and 4.8 ms with these
+(BENCHMARKS.md, issue 5), although torch's cast alone is a little faster below 32 MB. This
+kernel runs on the calling thread, or from PARALLEL_MIN_BYTES on threads that exit when
+done, and writes with streaming stores (a tensor that size would only flush the cache).
+Without the library (no compiler at install, or a source tree used in place)
+`available()` is False and the casts go through torch or ml_dtypes; so with
+TENSORWIRE_NATIVE_CAST=0 in the environment.
 
 The kernel trusts its pointers, so `cast` checks everything first: dtypes, equal sizes,
 both arrays contiguous in the same order, the output writable and aligned.
@@ -23,7 +27,8 @@ import numpy as np
 
 ABI: Final = 1
 ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* value
-NATIVE_MIN_BYTES: Final = 32 << 20  # float32 bytes; about a server CPU's last-level cache
+NATIVE_MIN_BYTES: Final = 1 << 20  # float32 bytes: from "auto"'s smallest cast up
+PARALLEL_MIN_BYTES: Final = 32 << 20  # below, one thread: starting threads costs ~45 us
 MAX_THREADS: Final = 4  # memory-bound: more threads only queue on the same channels
 DISABLE_ENV: Final = "TENSORWIRE_NATIVE_CAST"  # "0": never load the kernel (comparisons)
 
@@ -80,6 +85,10 @@ def default_threads() -> int:
     return max(1, min(MAX_THREADS, cpus or 1))
 
 
+def _threads_for(float32_bytes: int) -> int:
+    return default_threads() if float32_bytes >= PARALLEL_MIN_BYTES else 1
+
+
 def applies(src: np.ndarray, out: np.ndarray) -> bool:
     """Whether `cast(src, out)` can take this pair: float32 <-> bfloat16, same element count,
     both C- or both F-contiguous, out writable and element-aligned."""
@@ -116,7 +125,7 @@ def cast(
             out.__array_interface__["data"][0],
             src.size,
             kind,
-            threads or default_threads(),
+            threads or _threads_for(max(src.nbytes, out.nbytes)),
             level,
             int(stream),
         )

@@ -24,9 +24,9 @@ Special values:
 Never cast: integers, bools, complex, float16/bfloat16 already, and anything wrapped in
 `Exact` (`exact(x)`). `to_wire` returns those unchanged (an `Exact` unwrapped) with None.
 
-Speed: from 32 MiB, float32 <-> bfloat16 goes through tensorwire's own kernel where the
-install built it (`_native`: streaming stores, which skip the cache a tensor that size would
-only flush; ~1.25x torch on the 2-vCPU VM). Otherwise torch (when importable; imported on
+Speed: from 1 MiB, float32 <-> bfloat16 goes through tensorwire's own kernel where the
+install built it (`_native`: no OpenMP workers left spinning after the cast, streaming
+stores). Otherwise torch (when importable; imported on
 the first large cast, never at module import) converts into a numpy-allocated output
 (numpy's large allocations get huge pages; torch's own allocator's fresh pages fault one
 4 KiB page at a time, which costs more than the cast), using torch's intra-op threads.
@@ -351,7 +351,7 @@ def _cast(
 
 def _native_cast(src: np.ndarray, backend: str, out: np.ndarray) -> bool:
     """Cast src into out with the native kernel; False: use torch or numpy instead.
-    "auto" takes it only for outputs too big to stay cached (its stores bypass the cache)."""
+    "auto" takes it from NATIVE_MIN_BYTES (below, torch's call costs little either way)."""
     if backend == "native" or (
         backend == "auto" and max(src.nbytes, out.nbytes) >= _native.NATIVE_MIN_BYTES
     ):
