@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
+from tensorwire.codec import _native
 from tensorwire.diagnose import (
     Settings,
     findings,
@@ -113,6 +114,7 @@ def recorded() -> dict:
             "os": "Linux",
             "dev_shm": {"size_gb": 4.0, "free_gb": 3.5},
             "versions": {"python": "3.11.7", "numpy": "2.0"},
+            "native_cast": "tensorwire's kernel (avx2)",
         },
         "server": {"backend": "numpy", "device": "cpu", "version": "0.1.0", "host": "h"},
         "viable": {"ipc": "yes", "shm": "yes"},
@@ -176,6 +178,7 @@ def test_report_has_every_section_and_the_recorded_numbers(recorded):
     ):
         assert title in md
     assert "Test CPU 9000 — 2 cores" in md
+    assert "| wire casts | tensorwire's kernel (avx2) |" in md
     assert "| ipc | 10 MB | 0.100 | 0.100 | 5.600 | 0.200 | 6.000 | 5.400–7.200 |" in md
     assert "| seed baseline | how seed | 2000.0 | 1900.0–2200.0 | 1.0x | 332 (predicted) |" in md
     assert "| + shared memory | how shm | 100.0 | 95.0–110.0 | 20.0x | 50 (predicted) |" in md
@@ -348,6 +351,8 @@ def test_real_quick_run_writes_json_with_positive_figures(tmp_path):
         "findings",
         "elapsed_s",
     } <= set(data)
+    native = data["environment"]["native_cast"]  # the same install as this test's
+    assert ("kernel" in native) == _native.available(), native
     assert [(r["transport"], r["nbytes"]) for r in data["stages"]] == [
         ("ipc", 1024),
         ("seed-binary", 1024),

@@ -68,6 +68,7 @@ def _environment(data: dict[str, Any]) -> str:
             if shm
             else "absent",
         ),
+        ("wire casts", env.get("native_cast", "?")),
         ("transports viable", viable or "?"),
     ]
     return "## Environment\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
