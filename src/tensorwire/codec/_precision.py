@@ -26,11 +26,11 @@ Never cast: integers, bools, complex, float16/bfloat16 already, and anything wra
 
 Speed: from 1 MiB, float32 <-> bfloat16 goes through tensorwire's own kernel where the
 install built it (`_native`: no OpenMP workers left spinning after the cast, streaming
-stores). Otherwise torch (when importable; imported on
-the first large cast, never at module import) converts into a numpy-allocated output
-(numpy's large allocations get huge pages; torch's own allocator's fresh pages fault one
-4 KiB page at a time, which costs more than the cast), using torch's intra-op threads.
-Without torch: ml_dtypes for bfloat16, numpy for float16.
+stores). Otherwise torch (when importable; imported on the first large cast, never at
+module import) converts into a numpy-allocated output (numpy's large allocations get huge
+pages; torch's own allocator's fresh pages fault one 4 KiB page at a time, which costs
+more than the cast), using torch's intra-op threads. Without torch: ml_dtypes for
+bfloat16, numpy for float16.
 Read-only inputs (received frames) are read through a writable alias, never written.
 """
 
