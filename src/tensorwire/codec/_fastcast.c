@@ -63,6 +63,15 @@ static size_t head(const void *d, size_t elem, size_t n) {
 }
 
 #ifdef TW_X86
+/* An aligned store of a `bits`-wide vector, streaming (past the cache) or not. */
+#define STORE(bits, p, v, stream)                                   \
+    do {                                                            \
+        if (stream)                                                 \
+            _mm##bits##_stream_si##bits((__m##bits##i *)(p), (v));  \
+        else                                                        \
+            _mm##bits##_store_si##bits((__m##bits##i *)(p), (v));   \
+    } while (0)
+
 __attribute__((target("avx512f,avx512bw"))) static void narrow_avx512(const float *s,
                                                                        uint16_t *d, size_t n,
                                                                        int stream) {
@@ -80,10 +89,7 @@ __attribute__((target("avx512f,avx512bw"))) static void narrow_avx512(const floa
         __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(bias, lsb)), 16);
         r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(b, 16), quiet);
         __m256i h = _mm512_cvtepi32_epi16(r);
-        if (stream)
-            _mm256_stream_si256((__m256i *)(d + i), h);
-        else
-            _mm256_store_si256((__m256i *)(d + i), h);
+        STORE(256, d + i, h, stream);
     }
     narrow_scalar(s + i, d + i, n - i);
     if (stream) _mm_sfence();
@@ -97,10 +103,7 @@ __attribute__((target("avx512f,avx512bw"))) static void widen_avx512(const uint1
     for (; i + 16 <= n; i += 16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)(s + i));
         __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-        if (stream)
-            _mm512_stream_si512((void *)(d + i), w);
-        else
-            _mm512_store_si512((void *)(d + i), w);
+        STORE(512, d + i, w, stream);
     }
     widen_scalar(s + i, d + i, n - i);
     if (stream) _mm_sfence();
@@ -128,10 +131,7 @@ __attribute__((target("avx2"))) static void narrow_avx2(const float *s, uint16_t
         }
         /* values fit 16 bits, so the saturating pack is exact; it interleaves 128-bit lanes */
         __m256i h = _mm256_permute4x64_epi64(_mm256_packus_epi32(out[0], out[1]), 0xd8);
-        if (stream)
-            _mm256_stream_si256((__m256i *)(d + i), h);
-        else
-            _mm256_store_si256((__m256i *)(d + i), h);
+        STORE(256, d + i, h, stream);
     }
     narrow_scalar(s + i, d + i, n - i);
     if (stream) _mm_sfence();
@@ -144,10 +144,7 @@ __attribute__((target("avx2"))) static void widen_avx2(const uint16_t *s, float 
     for (; i + 8 <= n; i += 8) {
         __m128i h = _mm_loadu_si128((const __m128i *)(s + i));
         __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
-        if (stream)
-            _mm256_stream_si256((__m256i *)(d + i), w);
-        else
-            _mm256_store_si256((__m256i *)(d + i), w);
+        STORE(256, d + i, w, stream);
     }
     widen_scalar(s + i, d + i, n - i);
     if (stream) _mm_sfence();

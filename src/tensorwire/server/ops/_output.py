@@ -40,23 +40,32 @@ def new_output(shape: Any, dtype: Any) -> np.ndarray:
     return arr if arr is not None else np.empty(shape, dtype)
 
 
-class outputs_into:  # noqa: N801 - used like the function it replaced
-    """`with outputs_into(allocate):` kernels' results go to `allocate` (or the heap).
+class _Installed:
+    """Sets a context variable for the `with` block, and back after it.
 
     A class, not @contextmanager: it runs once per request, and a generator-based
     context manager costs a few microseconds more.
     """
 
-    __slots__ = ("_allocate", "_token")
+    __slots__ = ("_token", "_value", "_var")
 
-    def __init__(self, allocate: Allocator | None) -> None:
-        self._allocate = allocate
+    def __init__(self, var: ContextVar[Any], value: Any) -> None:
+        self._var, self._value = var, value
 
     def __enter__(self) -> None:
-        self._token = _ALLOCATOR.set(self._allocate)
+        self._token = self._var.set(self._value)
 
     def __exit__(self, *exc: object) -> None:
-        _ALLOCATOR.reset(self._token)
+        self._var.reset(self._token)
+
+
+class outputs_into(_Installed):  # noqa: N801 - used like the function it replaced
+    """`with outputs_into(allocate):` kernels' results go to `allocate` (or the heap)."""
+
+    __slots__ = ()
+
+    def __init__(self, allocate: Allocator | None) -> None:
+        super().__init__(_ALLOCATOR, allocate)
 
 
 def reply_narrowing(nbytes: int) -> str | None:
@@ -66,17 +75,11 @@ def reply_narrowing(nbytes: int) -> str | None:
     return None if choose is None else choose(nbytes)
 
 
-class narrowing_replies:  # noqa: N801 - a context manager, like outputs_into
+class narrowing_replies(_Installed):  # noqa: N801 - a context manager, like outputs_into
     """`with narrowing_replies(choose):` while the request runs, `reply_narrowing` answers
     with `choose` (None: nothing is narrowed)."""
 
-    __slots__ = ("_choose", "_token")
+    __slots__ = ()
 
     def __init__(self, choose: Narrowing | None) -> None:
-        self._choose = choose
-
-    def __enter__(self) -> None:
-        self._token = _NARROWING.set(self._choose)
-
-    def __exit__(self, *exc: object) -> None:
-        _NARROWING.reset(self._token)
+        super().__init__(_NARROWING, choose)
