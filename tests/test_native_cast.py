@@ -10,6 +10,9 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from conftest import child_env
 from tensorwire.codec import _native, from_wire, to_wire
@@ -164,3 +167,42 @@ def test_environment_switch_turns_it_off() -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@needs_kernel
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(0, 300),
+    step=st.sampled_from([1, 1, 2, -1]),
+    offset=st.integers(0, 3),
+    fortran=st.booleans(),
+)
+def test_any_pair_is_cast_exactly_or_refused_untouched(data, n, step, offset, fortran) -> None:
+    """The kernel trusts its pointers; `cast` must hand it only pairs it can take. Whatever
+    the layout (strided, reversed, offset, 2-D in either order), a pair is either cast bit
+    for bit or refused with the output unchanged."""
+
+    def laid_out(flat: np.ndarray) -> np.ndarray:
+        a = flat[offset:][::step]
+        if a.size % 2 == 0 and a.flags.c_contiguous:
+            a = a.reshape(2, a.size // 2)
+            if fortran:
+                a = np.asfortranarray(a)
+        return a
+
+    f32 = laid_out(data.draw(hnp.arrays(np.uint32, n + offset)).view(np.float32))
+    u16 = laid_out(data.draw(hnp.arrays(np.uint16, n + offset)))
+    pairs = [
+        (f32, np.full(f32.shape, 7, np.uint16).view(BF16),
+         lambda out: np.array_equal(out.view(np.uint16),
+                                    reference_narrow(f32.ravel()).reshape(f32.shape))),
+        (u16.view(BF16), np.full(u16.shape, 7.0, np.float32),
+         lambda out: np.array_equal(out.view(np.uint32), u16.astype(np.uint32) << 16)),
+    ]
+    for src, out, exact in pairs:
+        before = out.copy()
+        if _native.cast(src, out):
+            assert exact(out)
+        else:
+            assert np.array_equal(out.view(np.uint8), before.view(np.uint8))
