@@ -5,7 +5,7 @@
 Per size (float32 arrays), medians, interleaved round robin:
 - cast to the wire (bfloat16, float16) and back, by tensorwire.codec.to_wire/from_wire with
   each backend: torch on 1 thread and on torch's default thread count, ml_dtypes (bfloat16),
-  numpy (float16), and tensorwire's native kernel (bfloat16, where the install built it);
+  numpy (float16), and tensorwire's native kernel (where the install built it);
 - a ZeroMQ PAIR round trip to a bare echo child process over tcp://127.0.0.1 (and over ipc,
   for comparison) of the float32 bytes, and of the half-size bytes a cast leaves;
 - a request with a cast wire pays 4 casts (client out, server in, server out, client in): the
@@ -101,7 +101,7 @@ def measure_casts(arr: np.ndarray, reps: int) -> dict[str, Stats]:
         pool_to, pool_back = np.empty_like(cast), np.empty_like(arr)
         plain = "ml_dtypes" if wire == "bfloat16" else "numpy"
         backends = ["numpy", "torch"] if torch_available() else ["numpy"]
-        if wire == "bfloat16" and native_available():
+        if native_available():
             backends.append("native")
         for be in backends:
             label = plain if be == "numpy" else be

@@ -64,6 +64,39 @@ def test_narrow_matches_reference_bit_for_bit(isa: str) -> None:
     assert np.isnan(out.astype(np.float32)[~finite_or_inf]).all()
 
 
+def structured_floats_f16() -> np.ndarray:
+    """Every float32 pattern down to float16's rounding bit (bit 13), with the low bits that
+    decide rounding: every exponent float16 has or overflows to or underflows from, every
+    tie, NaN payloads, both signs."""
+    hi = np.arange(1 << 19, dtype=np.uint32) << 13
+    lows = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    return (hi[:, None] | lows[None, :]).ravel().view(np.float32)
+
+
+def same_or_both_nan(got: np.ndarray, want: np.ndarray) -> bool:
+    nan = np.isnan(want.astype(np.float32))
+    bits = {2: np.uint16, 4: np.uint32}[want.dtype.itemsize]
+    return bool(np.array_equal(np.isnan(got.astype(np.float32)), nan)) and bool(
+        np.array_equal(got.view(bits)[~nan], want.view(bits)[~nan]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_float16_narrow_and_widen_match_numpy(isa: str) -> None:
+    """numpy's float32 <-> float16 is IEEE round-to-nearest-even (subnormals, overflow to
+    Inf at 65520): the kernel gives the same bits, NaN for NaN."""
+    x = structured_floats_f16()
+    out = np.empty(x.size, np.float16)
+    assert _native.cast(x, out, isa=isa)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert same_or_both_nan(out, x.astype(np.float16))
+    assert np.signbit(out[np.isnan(x)]).sum() == np.signbit(x[np.isnan(x)]).sum()
+    h = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    back = np.empty(h.size, np.float32)
+    assert _native.cast(h, back, isa=isa)
+    assert same_or_both_nan(back, h.astype(np.float32))
+
+
 @needs_kernel
 @pytest.mark.parametrize("isa", ISAS)
 def test_widen_is_exact_for_all_65536_values(isa: str) -> None:
@@ -82,13 +115,15 @@ def test_sizes_splits_and_misaligned_outputs(isa: str, threads: int, n: int) -> 
     threads than elements (64 is clamped to the kernel's 16)."""
     rng = np.random.default_rng(n * 31 + threads)
     x = (rng.standard_normal(n) * 1e3).astype(np.float32)
-    for offset in (0, 1, 3):  # in elements of the output
-        out16 = np.zeros(n + offset, BF16)[offset:]
-        assert _native.cast(x, out16, isa=isa, threads=threads)
-        assert np.array_equal(out16.view(np.uint16), reference_narrow(x))
-        out32 = np.zeros(n + offset, np.float32)[offset:]
-        assert _native.cast(out16, out32, isa=isa, threads=threads, stream=offset == 1)
-        assert np.array_equal(out32, out16.astype(np.float32))
+    for fmt in (BF16, np.dtype(np.float16)):
+        for offset in (0, 1, 3):  # in elements of the output
+            out16 = np.zeros(n + offset, fmt)[offset:]
+            assert _native.cast(x, out16, isa=isa, threads=threads)
+            want = reference_narrow(x) if fmt == BF16 else x.astype(fmt).view(np.uint16)
+            assert np.array_equal(out16.view(np.uint16), want)
+            out32 = np.zeros(n + offset, np.float32)[offset:]
+            assert _native.cast(out16, out32, isa=isa, threads=threads, stream=offset == 1)
+            assert np.array_equal(out32, out16.astype(np.float32))
 
 
 @needs_kernel
@@ -109,7 +144,8 @@ def test_layouts_read_only_and_refusals() -> None:
     c_out = np.zeros((4, 6), BF16)
     assert not _native.cast(fortran, c_out)  # mixed orders
     assert not _native.cast(x[:, ::2], np.zeros((4, 3), BF16))  # strided
-    assert not _native.cast(x, np.zeros((4, 6), np.float16))  # not bfloat16
+    assert not _native.cast(x, np.zeros((4, 6), np.float64))  # not a wire format
+    assert not _native.cast(x.astype(np.float16), np.zeros((4, 6), BF16))  # 16 to 16 bits
     assert not _native.cast(x.astype(np.float64), c_out)  # float64: rounded to odd first
     assert not _native.cast(x, np.zeros(23, BF16))  # sizes differ
     frozen = np.zeros((4, 6), BF16)
@@ -199,10 +235,15 @@ def test_any_pair_is_cast_exactly_or_refused_untouched(data, n, step, offset, fo
                                     reference_narrow(f32.ravel()).reshape(f32.shape))),
         (u16.view(BF16), np.full(u16.shape, 7.0, np.float32),
          lambda out: np.array_equal(out.view(np.uint32), u16.astype(np.uint32) << 16)),
+        (f32, np.full(f32.shape, 7, np.float16),
+         lambda out: same_or_both_nan(out, f32.astype(np.float16))),
+        (u16.view(np.float16), np.full(u16.shape, 7.0, np.float32),
+         lambda out: same_or_both_nan(out, u16.view(np.float16).astype(np.float32))),
     ]
     for src, out, exact in pairs:
         before = out.copy()
         if _native.cast(src, out):
-            assert exact(out)
+            with np.errstate(over="ignore", invalid="ignore"):  # numpy's own float16 casts
+                assert exact(out)
         else:
             assert np.array_equal(out.view(np.uint8), before.view(np.uint8))

@@ -1,4 +1,4 @@
-"""The native float32 <-> bfloat16 cast (`_fastcast.c`), where the install could build it.
+"""float32 <-> bfloat16 / float16 casts in C (`_fastcast.c`), where the install built them.
 
 Why not torch: after a parallel cast, torch's OpenMP workers keep spinning, and on a small
 machine they take the CPUs the transfer that follows needs. On the 2-vCPU test VM a 10 MB
@@ -25,16 +25,18 @@ from typing import Any, Final
 import ml_dtypes
 import numpy as np
 
-ABI: Final = 1
+ABI: Final = 2
 ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* value
 NATIVE_MIN_BYTES: Final = 1 << 20  # float32 bytes: from "auto"'s smallest cast up
 PARALLEL_MIN_BYTES: Final = 32 << 20  # below, one thread: starting threads costs ~45 us
 MAX_THREADS: Final = 4  # memory-bound: more threads only queue on the same channels
 DISABLE_ENV: Final = "TENSORWIRE_NATIVE_CAST"  # "0": never load the kernel (comparisons)
 
-_NARROW, _WIDEN = 0, 1
 _F32 = np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+_F16 = np.dtype(np.float16)
+# (source dtype, output dtype) -> the kernel's kind (TW_NARROW_BF16, ...)
+_KINDS: Final = {(_F32, _BF16): 0, (_BF16, _F32): 1, (_F32, _F16): 2, (_F16, _F32): 3}
 
 _lib: Any = None
 _loaded = False
@@ -90,10 +92,9 @@ def _threads_for(float32_bytes: int) -> int:
 
 
 def applies(src: np.ndarray, out: np.ndarray) -> bool:
-    """Whether `cast(src, out)` can take this pair: float32 <-> bfloat16, same element count,
-    both C- or both F-contiguous, out writable and element-aligned."""
-    kinds = (src.dtype, out.dtype)
-    if kinds != (_F32, _BF16) and kinds != (_BF16, _F32):
+    """Whether `cast(src, out)` can take this pair: float32 <-> bfloat16 or float16, the same
+    element count, both C- or both F-contiguous, out writable and element-aligned."""
+    if (src.dtype, out.dtype) not in _KINDS:
         return False
     if src.size != out.size or not out.flags.writeable or not out.flags.aligned:
         return False
@@ -110,7 +111,8 @@ def cast(
     isa: str | None = None,
     stream: bool = True,
 ) -> bool:
-    """Cast src into out (float32 -> bfloat16, round-to-nearest-even, or back, exact).
+    """Cast src into out (float32 -> bfloat16 or float16, round-to-nearest-even; or back,
+    exact).
     False, with out untouched, when the kernel is missing or the pair does not qualify
     (`applies`). `isa`: force "scalar" | "avx2" | "avx512" (tests); ValueError when this
     CPU lacks it. src may be read-only: the kernel only reads it."""
@@ -119,7 +121,7 @@ def cast(
         return False
     level = lib.tw_fastcast_best_isa() if isa is None else _isa_level(lib, isa)
     if src.size:
-        kind = _NARROW if src.dtype == _F32 else _WIDEN
+        kind = _KINDS[src.dtype, out.dtype]
         rc = lib.tw_fastcast(
             src.__array_interface__["data"][0],
             out.__array_interface__["data"][0],

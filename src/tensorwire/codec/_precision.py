@@ -24,8 +24,8 @@ Special values:
 Never cast: integers, bools, complex, float16/bfloat16 already, and anything wrapped in
 `Exact` (`exact(x)`). `to_wire` returns those unchanged (an `Exact` unwrapped) with None.
 
-Speed: from 1 MiB, float32 <-> bfloat16 goes through tensorwire's own kernel where the
-install built it (`_native`: no OpenMP workers left spinning after the cast, streaming
+Speed: from 1 MiB, float32 <-> bfloat16/float16 goes through tensorwire's own kernel where
+the install built it (`_native`: no OpenMP workers left spinning after the cast, streaming
 stores). Otherwise torch (when importable; imported on the first large cast, never at
 module import) converts into a numpy-allocated output (numpy's large allocations get huge
 pages; torch's own allocator's fresh pages fault one 4 KiB page at a time, which costs
@@ -177,7 +177,8 @@ def to_wire(
     to get that array when `out` is None (at 100 MB a fresh output's page faults and zeroing
     cost more than the cast itself). Both are ignored when arr is not cast.
     `backend`: "auto" | "native" | "torch" | "ml_dtypes" | "numpy". "native" takes the
-    kernel at any size where it applies (float32 <-> bfloat16), and "auto"'s choice elsewhere."""
+    kernel at any size where it applies (float32 <-> bfloat16/float16), and "auto"'s choice
+    elsewhere."""
     if isinstance(arr, Exact):
         return arr.value, None
     if isinstance(arr, Narrowed):
