@@ -843,10 +843,15 @@ class _Import:
 
 def _view_like(base: Any, desc: IpcDescriptor) -> Any:
     """Another tensor on an already-opened storage (same handle and storage offset)."""
+    return view_on(base, desc.dtype, desc.offset, desc.shape, desc.strides)
+
+
+def view_on(base: Any, dtype: str, offset: int, shape: Any, strides: Any) -> Any:
+    """A tensor on `base`'s storage (offset in elements of `dtype`), checked by the caller."""
     import torch
 
-    dtype = getattr(torch, desc.dtype)
-    if base.dtype == dtype:  # the usual case, and half the cost of an empty tensor + set_
-        return base.as_strided(desc.shape, desc.strides, desc.offset)
-    out = torch.empty(0, dtype=dtype, device=base.device)
-    return out.set_(base.untyped_storage(), desc.offset, desc.shape, desc.strides)
+    dt = getattr(torch, dtype)
+    if base.dtype == dt:  # the usual case, and half the cost of an empty tensor + set_
+        return base.as_strided(shape, strides, offset)
+    out = torch.empty(0, dtype=dt, device=base.device)
+    return out.set_(base.untyped_storage(), offset, shape, strides)

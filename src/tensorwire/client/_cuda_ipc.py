@@ -43,6 +43,7 @@ from ..channel._cuda import (
     open_ipc,
     share_storage,
     view_fields,
+    view_on,
 )
 from ..codec import IpcRef, tree_map
 from ..errors import ProtocolError
@@ -258,8 +259,6 @@ def _is_result_tensor(value: Any) -> bool:
 
 def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     """The view of a sent tensor's storage that the server's result was; checked first."""
-    import torch
-
     body = ref.body
     if not 0 <= ref.index < len(sent):
         raise ProtocolError(f"reply aliases CUDA argument {ref.index}; {len(sent)} were sent")
@@ -273,11 +272,7 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     last = offset // itemsize + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
     if offset % itemsize or (0 not in shape and (last + 1) * itemsize > size):
         raise ProtocolError("CUDA IPC alias in the reply reaches past the argument's storage")
-    dt = getattr(torch, dtype)
-    if base.dtype == dt:  # the usual case (a view keeps its dtype): cheaper than set_
-        return base.as_strided(shape, strides, offset // itemsize)
-    out = torch.empty(0, dtype=dt, device=base.device)
-    return out.set_(base.untyped_storage(), offset // itemsize, shape, strides)
+    return view_on(base, dtype, offset // itemsize, shape, strides)
 
 
 def _ints(value: Any) -> list[int] | None:
