@@ -292,10 +292,11 @@ def machine_info() -> dict[str, Any]:
         info["libzmq_version"] = zmq.zmq_version()
     except ImportError:
         pass
-    try:  # which float32 <-> bfloat16 cast large wire tensors get (codec/_native.py)
+    try:  # which cast wire tensors get (codec/_native.py)
         from tensorwire.codec import _native
 
         info["native_cast"] = _native.best_isa()
+        info["native_cast_text"] = _native.describe()
     except ImportError:
         pass
     return info
@@ -330,9 +331,8 @@ def print_machine(info: dict[str, Any]) -> None:
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} cpus; python {info['python']}")
     print(f"         load average at start (1/5/15 min): {load}; now {os.getloadavg()[0]:.2f}")
     print(f"         {versions}")
-    if "native_cast" in info:
-        kernel = info["native_cast"] or "off (not built, or TENSORWIRE_NATIVE_CAST=0): torch casts"
-        print(f"         native bfloat16 cast kernel: {kernel}")
+    if "native_cast_text" in info:
+        print(f"         wire casts: {info['native_cast_text']}")
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

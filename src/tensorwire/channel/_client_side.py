@@ -84,6 +84,18 @@ class ClientChannel:
             )
         return arr
 
+    def outgoing(self, shape: Any, dtype: Any, keep: list[Any]) -> np.ndarray | None:
+        """An arena array for a tensor a request is about to write and send (a cast's
+        output), held in `keep` until the reply; None when it would travel inline anyway
+        or the arena has no room."""
+        dt = np.dtype(dtype)
+        if _count(shape) * dt.itemsize < self.inline_below:
+            return None
+        arr = self.try_empty(shape, dt)
+        if arr is not None:
+            keep.append(arr)
+        return arr
+
     def try_empty(self, shape: Any, dtype: Any) -> np.ndarray | None:
         """`empty`, or None when the arena has no room."""
         dt = np.dtype(dtype)

@@ -556,28 +556,32 @@ def _open_storage(desc: IpcDescriptor, stream: Any) -> tuple[int, Any]:
                 desc.ref_counter.encode(), desc.ref_offset, bytes(CUDA_IPC_HANDLE_SIZE), False,
             )  # fmt: skip
     except CudaIpcRefused:
-        release_slot(desc)
+        release_slot(desc.ref_counter, desc.ref_offset)
         raise
     except RuntimeError as exc:
-        release_slot(desc)
+        release_slot(desc.ref_counter, desc.ref_offset)
         raise CudaIpcRefused("CUDA IPC: the driver could not open the client's memory: "
                              f"{str(exc).splitlines()[0][:200]}") from None
     return index, storage
 
 
-def release_slot(desc: IpcDescriptor) -> None:
-    """Give back a producer ref-counter slot that no opened storage will (best effort).
+def release_slot(ref_counter: str, slot: int) -> bool:
+    """Give back a producer ref-counter slot that no opened storage will (best effort);
+    False (and a warning) when torch could not.
 
-    Call only after ``check_ref_counter_file`` passed: torch maps that file to decrement it.
-    Without it the producer would keep the memory out of reuse for as long as it lives.
+    Call only after ``check_ref_counter_file`` passed, or on this process's own file: torch
+    maps that file to decrement it. Without it the producer would keep the memory out of
+    reuse for as long as it lives.
     """
     try:
         import torch
 
         torch.UntypedStorage._release_ipc_counter(  # type: ignore[no-untyped-call]
-            desc.ref_counter.encode(), desc.ref_offset)
+            ref_counter.encode(), slot)
     except Exception as exc:  # noqa: BLE001 (nothing more can be done for that slot)
         log.warning("could not release a CUDA IPC ref-counter slot: %s", type(exc).__name__)
+        return False
+    return True
 
 
 def _check_allocation(ptr: int, nbytes: int, *, range_of: Callable[[int], Any] | None = None

@@ -657,11 +657,7 @@ class Client:
             to = choose(wire, transport_path=path, nbytes=arr.nbytes)
             out = None
             if keep is not None and channel is not None and to is not None and castable(arr):
-                narrow = wire_numpy_dtype(to)
-                if arr.size * narrow.itemsize >= channel.inline_below:
-                    out = channel.try_empty(arr.shape, narrow)  # None: full, the pool it is
-                    if out is not None:
-                        keep.append(out)  # until the reply: the server reads it until then
+                out = channel.outgoing(arr.shape, wire_numpy_dtype(to), keep)  # None: pool
             return to_wire(arr, to, out=out, pool=self._cast_buffers)
 
         return cast

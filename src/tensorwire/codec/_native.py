@@ -17,6 +17,7 @@ both arrays contiguous in the same order, the output writable and aligned.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import os
 from pathlib import Path
@@ -39,11 +40,12 @@ _F16 = np.dtype(np.float16)
 _KINDS: Final = {(_F32, _BF16): 0, (_BF16, _F32): 1, (_F32, _F16): 2, (_F16, _F32): 3}
 
 _lib: Any = None
+_best = 0  # the kernel's best instruction set here (TW_ISA_*), asked once at load
 _loaded = False
 
 
 def _load() -> Any:
-    global _lib, _loaded
+    global _lib, _best, _loaded
     if not _loaded:
         _loaded = True
         if os.environ.get(DISABLE_ENV) == "0":
@@ -53,6 +55,7 @@ def _load() -> Any:
             path = here / f"_fastcast{suffix}"
             if path.is_file():
                 _lib = _open(path)
+                _best = _lib.tw_fastcast_best_isa() if _lib is not None else 0
                 break
     return _lib
 
@@ -78,11 +81,21 @@ def available() -> bool:
 
 def best_isa() -> str | None:
     """The widest instruction set the kernel uses on this CPU; None without the kernel."""
-    lib = _load()
-    return None if lib is None else ISAS[lib.tw_fastcast_best_isa()]
+    return None if _load() is None else ISAS[_best]
 
 
+def describe() -> str:
+    """Which cast wire tensors get here, in words (reports and benchmark headers)."""
+    if _load() is not None:
+        return f"tensorwire's kernel ({ISAS[_best]})"
+    if os.environ.get(DISABLE_ENV) == "0":
+        return f"torch / ml_dtypes ({DISABLE_ENV}=0)"
+    return "torch / ml_dtypes (the kernel was not built: no C compiler at install?)"
+
+
+@functools.cache
 def default_threads() -> int:
+    """Threads for a large cast (asked once: the affinity call is a syscall)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_THREADS, cpus or 1))
 
@@ -119,7 +132,7 @@ def cast(
     lib = _load()
     if lib is None or not applies(src, out):
         return False
-    level = lib.tw_fastcast_best_isa() if isa is None else _isa_level(lib, isa)
+    level = _best if isa is None else _isa_level(isa)
     if src.size:
         kind = _KINDS[src.dtype, out.dtype]
         rc = lib.tw_fastcast(
@@ -136,10 +149,10 @@ def cast(
     return True
 
 
-def _isa_level(lib: Any, isa: str) -> int:
+def _isa_level(isa: str) -> int:
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; known: {', '.join(ISAS)}")
     level = ISAS.index(isa)
-    if level > lib.tw_fastcast_best_isa():
+    if level > _best:
         raise ValueError(f"this CPU lacks {isa}")
     return level

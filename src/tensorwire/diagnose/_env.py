@@ -10,6 +10,7 @@ from typing import Any
 import zmq
 
 from .._version import __version__
+from ..codec import _native
 
 
 def environment() -> dict[str, Any]:
@@ -22,20 +23,8 @@ def environment() -> dict[str, Any]:
         "os": platform.platform(),
         "dev_shm": _dev_shm(),
         "versions": _versions(),
-        "native_cast": _native_cast(),
+        "native_cast": _native.describe(),  # which wire cast runs (codec/_native.py)
     }
-
-
-def _native_cast() -> str:
-    """Which float32 <-> bfloat16 cast large wire tensors get (codec/_native.py)."""
-    from ..codec import _native
-
-    isa = _native.best_isa()
-    if isa is not None:
-        return f"tensorwire's kernel ({isa})"
-    if os.environ.get(_native.DISABLE_ENV) == "0":
-        return f"torch / ml_dtypes ({_native.DISABLE_ENV}=0)"
-    return "torch / ml_dtypes (the kernel was not built: no C compiler at install?)"
 
 
 def _cpu_model() -> str:

@@ -31,6 +31,7 @@ from ..channel._cuda import (
     IpcDescriptor,
     IpcImports,
     exportable,
+    release_slot,
     share_storage,
     view_fields,
 )
@@ -128,12 +129,13 @@ class IpcExports:
 
 
 def _release_own_slot(ref_counter: str, slot: int) -> None:
-    """Do what the client's import would have done on release: decrement our own slot."""
+    """Do what the client's import would have done on release: decrement our own slot, then
+    let torch free what no consumer holds any more."""
+    if not release_slot(ref_counter, slot):
+        return
     try:
         import torch
 
-        torch.UntypedStorage._release_ipc_counter(  # type: ignore[no-untyped-call]
-            ref_counter.encode(), slot)
         torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
     except Exception as exc:  # noqa: BLE001 (the memory stays reserved; nothing else to do)
         log.warning("could not take back a CUDA IPC export: %s", type(exc).__name__)
