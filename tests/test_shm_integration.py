@@ -414,6 +414,29 @@ def test_submit_many_in_flight(server: ServerProcess) -> None:
             np.testing.assert_array_equal(r, 2 * x)
 
 
+def test_submitted_arena_argument_outlives_the_callers_array() -> None:
+    """Regression: a zero-copy argument's block was freed when the caller dropped its array,
+    before the submitted request was served, and the next allocation could reuse it."""
+    name = "test_shm_wait_then_identity"
+    if name not in {op["name"] for op in tw.server.default_registry().list()}:
+
+        @tw.register_op(name)
+        def wait_then_identity(x, seconds: float):
+            time.sleep(seconds)
+            return x.copy()
+
+    with tw.Server(backend="numpy") as server, \
+            tw.Client(server.url, require="shm", shm_size=1 * MIB) as gpu:
+        blocker = gpu.submit(name, np.zeros(4, np.float32), 0.3)  # the server is busy
+        xa = gpu.asarray(np.full(N_256K, 7.0, np.float32))
+        future = gpu.submit(name, xa, 0.0)
+        del xa
+        ya = gpu.asarray(np.full(N_256K, -1.0, np.float32))  # would take the freed block
+        np.testing.assert_array_equal(future.result(timeout=10), np.full(N_256K, 7.0))
+        blocker.result(timeout=10)
+        del ya
+
+
 def test_threads_resolving_aliases_while_others_allocate(server: ServerProcess) -> None:
     """Regression: _containing iterated the live-block map while other threads inserted
     into it ('dictionary changed size during iteration', surfacing as ProtocolError)."""

@@ -109,7 +109,8 @@ class ClientChannel:
     # -- the codec's hooks ---------------------------------------------------------------
 
     def placer(self, keep: list[Any]) -> Any:
-        """A placer for one request; blocks it fills are kept alive in `keep` until the reply."""
+        """A placer for one request; the blocks it fills or refers to are kept alive in
+        `keep` until the reply."""
 
         def place(arr: np.ndarray) -> tuple[Any, str]:
             if arr.nbytes < self.inline_below:
@@ -117,6 +118,9 @@ class ClientChannel:
             for region_id in (C2S, S2C):
                 offset = self.regions[region_id].offset_of(arr)
                 if offset is not None:
+                    # The caller may drop its array before a submitted request is served:
+                    # its block must not be freed (and reused) before the reply.
+                    keep.append(arr)
                     return [region_id, offset, arr.nbytes, False], SHM_ZERO_COPY
             offset = self.c2s_alloc.alloc(arr.nbytes)
             if offset is None:
