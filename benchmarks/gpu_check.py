@@ -20,6 +20,10 @@ figures without a target, SKIP with the reason):
                  goes by CUDA IPC, its view comes back without bytes): first call, then
                  the steady state (leased import); target <= 100 us per call at any size
                  (1 MB too); and a client with expandable segments is refused clearly
+  pipeline       serial (--pipeline-depth 1) against pipelined (4) serving: two clients
+                 each with 8 x 16 MB `neg`s of arena tensors in flight, rounds interleaved
+                 between two servers; the ratio of round times, target > 1 (copies and
+                 kernels of different requests overlap), and every result checked
   ucx            SKIP with the reason: ucx:// is tested by tests/test_ucx.py, not timed here
 
 Without a CUDA device it prints "no CUDA device: nothing measured" and exits 2 (0 with
@@ -400,6 +404,80 @@ def _ipc_pass(report: Report, gpu: Any, torch: Any, name: str, nbytes: int, reps
     del t, back
 
 
+# ------------------------------------------------------------------------------- pipeline
+
+PIPELINE_DEPTH = 4
+PIPELINE_CLIENTS = 2
+
+
+def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int) -> None:
+    """Serial against pipelined serving, same requests: two clients, each with `calls`
+    `neg`s of an `nbytes` arena tensor in flight; two servers, rounds interleaved."""
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        report.add("pipeline", "pipelined vs serial serving", "-", "> 1.00x", "SKIP",
+                   "pyzmq not importable here: carry it as a wheel")
+        return
+    sys.path.insert(0, str(HERE))
+    import _harness as h
+    import tensorwire as tw
+
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(nbytes // 4, dtype=np.float32) for _ in range(calls)]
+    with h.temp_dir() as tmp, contextlib.ExitStack() as stack:
+        clients: dict[int, list[Any]] = {}
+        for depth in (1, PIPELINE_DEPTH):
+            argv = h.tensorwire_serve_argv(
+                h.endpoint("ipc", tmp, f"d{depth}"),
+                ["--backend", "torch", "--device", "cuda", "--pipeline-depth", str(depth)])
+            _, url = stack.enter_context(h.child_server(argv, h.TW_READY, timeout=120))
+            clients[depth] = [stack.enter_context(tw.Client(url, shm_size=4 * calls * nbytes))
+                              for _ in range(PIPELINE_CLIENTS)]
+        args = {d: [[gpu.asarray(x) for x in xs] for gpu in cs] for d, cs in clients.items()}
+        seconds: dict[int, list[float]] = {d: [] for d in clients}
+        wrong = 0
+        for r in range(rounds + 1):  # the first round warms both servers up
+            for depth in clients:
+                took, bad = _pipelined_round(clients[depth], args[depth])
+                wrong += bad
+                if r:
+                    seconds[depth].append(took)
+    serial = statistics.median(seconds[1])
+    piped = statistics.median(seconds[PIPELINE_DEPTH])
+    ratio = serial / piped
+    report.details["pipeline"] = {"nbytes": nbytes, "calls": calls,
+                                  "clients": PIPELINE_CLIENTS, "seconds": seconds}
+    report.add("pipeline", f"{PIPELINE_CLIENTS} clients x {calls} x {nbytes >> 20} MB neg "
+               f"in flight: depth {PIPELINE_DEPTH} vs 1", f"{ratio:.2f}x", "> 1.00x",
+               "PASS" if ratio > 1.0 and not wrong else "FAIL",
+               f"round {_ms(piped)} vs {_ms(serial)}; wrong results: {wrong}")
+
+
+def _pipelined_round(clients: list[Any], args: list[list[np.ndarray]]) -> tuple[float, int]:
+    """Every client submits all of its calls at once; seconds until the last result, and
+    how many results were wrong."""
+    import threading
+
+    wrong, start = [0], threading.Barrier(len(clients) + 1)
+
+    def work(gpu: Any, xs: list[np.ndarray]) -> None:
+        start.wait()
+        futures = [gpu.submit("neg", x) for x in xs]
+        for x, future in zip(xs, futures, strict=True):
+            wrong[0] += not np.array_equal(future.result(timeout=120), -x)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(clients, args,
+                                                                        strict=True)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, wrong[0]
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -430,6 +508,7 @@ def run(args: argparse.Namespace) -> Report:
         ("h2d", lambda: check_bandwidth(report, size, reps)),
         ("seed", lambda: check_seed(report, 20 if args.quick else 50)),
         ("ipc", lambda: check_ipc(report, (64 << 20) if args.quick else (1 << 30), 200)),
+        ("pipeline", lambda: check_pipeline(report, 16 << 20, 8, 5 if args.quick else 15)),
         ("ucx", lambda: check_ucx(report)),
     ]
     for name, step in steps:
@@ -448,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write rows and details as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
     p.add_argument("--only", nargs="*", default=None,
-                   help="run only these checks: ops timings h2d seed ipc ucx")
+                   help="run only these checks: ops timings h2d seed ipc pipeline ucx")
     p.add_argument("--allow-no-gpu", action="store_true",
                    help="exit 0 (not 2) when there is no CUDA device")
     args = p.parse_args(argv)

@@ -718,3 +718,68 @@ def test_results_are_narrowed_on_the_gpu(tmp_path: Path) -> None:
     assert made == ["cuda:bfloat16", "cuda:bfloat16"]
     np.testing.assert_array_equal(y, bf16(-bf16(x)))
     np.testing.assert_array_equal(z, bf16(-bf16(x)))
+
+
+# ------------------------------------------------------------------ pipelined on a GPU
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_pipelined_requests_run_on_their_clients_streams() -> None:
+    """Two requests launched before either is waited for: each on its client's stream,
+    its copies back to the host deferred to its fence, its timings its own."""
+    from tensorwire.server.ops import default_registry, make_backend
+
+    backend, registry = make_backend("torch", "cuda"), default_registry()
+    backend.pipelined = True
+    x = np.random.default_rng(3).standard_normal((1024, 1024), dtype=np.float32)
+    backend.begin_request("a")
+    stream_a = backend.stream
+    ya = registry.call("neg", backend, [x], {})
+    fence_a = backend.fence()
+    backend.begin_request("b")
+    yb = registry.call("relu", backend, [x], {})
+    fence_b = backend.fence()
+    assert backend.stream is not stream_a
+    times_b, times_a = fence_b.wait(), fence_a.wait()
+    assert set(DEVICE_STAGES) <= set(times_a) and set(DEVICE_STAGES) <= set(times_b)
+    assert times_a["device_to_host"] > 0 and times_b["device_to_host"] > 0
+    np.testing.assert_array_equal(ya, -x)
+    np.testing.assert_array_equal(yb, np.maximum(x, 0))
+    backend.begin_request("a")
+    assert backend.stream is stream_a
+    backend.fence().wait()
+    backend.forget_client("a")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_pipelined_server_on_cuda(tmp_path: Path) -> None:
+    import threading
+
+    import tensorwire as tw
+
+    errors: list[BaseException] = []
+    with tw.Server(listen=f"ipc://{tmp_path}/tw.sock", backend="torch", device="cuda",
+                   pipeline_depth=4) as server:
+
+        def work(seed: int) -> None:
+            try:
+                rng = np.random.default_rng(seed)
+                with tw.Client(server.url, shm_size=256 << 20) as gpu:
+                    xs = [gpu.asarray(rng.standard_normal(1 << 20, dtype=np.float32))
+                          for _ in range(16)]
+                    futures = [gpu.submit("neg", x) for x in xs]
+                    for x, future in zip(xs, futures, strict=True):
+                        np.testing.assert_array_equal(future.result(timeout=60), -x)
+                    gpu.neg(xs[0])
+                    assert gpu.last_trace["device_to_host"] > 0
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert errors == []

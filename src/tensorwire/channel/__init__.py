@@ -36,7 +36,7 @@ from ._pipe import (
 )
 from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY, copy_into
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
-from ._server_side import ServerChannel
+from ._server_side import ReplyBlocks, ServerChannel
 
 __all__ = [
     "ALIGNMENT",
@@ -49,6 +49,7 @@ __all__ = [
     "CudaIpcRefused",
     "Doorbell",
     "MessagePipe",
+    "ReplyBlocks",
     "SHM_ALIAS",
     "SHM_COPY",
     "SHM_ZERO_COPY",

@@ -53,7 +53,7 @@ class ServerChannel:
             self.c2s.close()
             raise
         self.regions = (Region(self.c2s.segment), Region(self.s2c.segment))
-        self._fresh: set[int] = set()  # s2c blocks handed to kernels for this reply
+        self._current: ReplyBlocks | None = None  # the reply being made
         # pin: the backend is on CUDA; page-lock both arenas once, for DMA (no-op without CUDA)
         self.pinned: list[HostRegistration] = (
             [register_host(self.c2s.segment.buf), register_host(self.s2c.segment.buf)]
@@ -82,46 +82,16 @@ class ServerChannel:
         self.regions[region].check(offset, size)
         return self.regions[region].segment.buf[offset : offset + size], SHM_COPY
 
-    def place(self, arr: np.ndarray) -> tuple[Any, str]:
-        """Where a result goes: an alias of an arena argument, a fresh s2c block, or a frame."""
-        if arr.nbytes < self.inline_below:
-            return None, FRAME_SMALL
-        offset = self.regions[S2C].offset_of(arr)
-        if offset is not None and offset in self._fresh:
-            self._fresh.discard(offset)  # the kernel wrote the result right here: no copy
-            return [S2C, offset, arr.nbytes, True], SHM_DIRECT
-        for region_id, region in ((C2S, self.regions[C2S]), (S2C, self.regions[S2C])):
-            offset = region.offset_of(arr)
-            if offset is not None:
-                return [region_id, offset, arr.nbytes, False], SHM_ALIAS
-        offset = self.s2c.alloc(arr.nbytes)
-        if offset is None:
-            return None, FRAME_ARENA_FULL
-        dst = array_in(self.s2c.segment.buf[offset : offset + arr.nbytes], arr)
-        copy_into(dst, arr)
-        return [S2C, offset, arr.nbytes, True], SHM_COPY
+    def begin_reply(self) -> ReplyBlocks:
+        """The s2c blocks of the reply whose request runs now (`output_allocator` hands them
+        out until the next one begins). Several replies may be in the making at once."""
+        self._current = ReplyBlocks(self)
+        return self._current
 
     def output_allocator(self) -> Callable[[tuple[int, ...], np.dtype], np.ndarray | None]:
         """For kernels (ops._output): results of the reply's op allocated in s2c directly."""
-
-        def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-            count = math.prod(shape)
-            if count * dtype.itemsize < self.inline_below:
-                return None
-            offset = self.s2c.alloc(count * dtype.itemsize)
-            if offset is None:
-                return None  # the arena is full: the heap, and a frame later
-            self._fresh.add(offset)
-            buf = self.s2c.segment.buf[offset : offset + count * dtype.itemsize]
-            return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
-
-        return allocate
-
-    def end_request(self) -> None:
-        """Free the blocks kernels got for this reply that did not end up in it."""
-        for offset in self._fresh:
-            self.s2c.free(offset)
-        self._fresh.clear()
+        current = self._current if self._current is not None else self.begin_reply()
+        return current.allocate
 
     def release(self, offsets: Any) -> None:
         """The client dropped its last view of these s2c blocks."""
@@ -142,3 +112,54 @@ class ServerChannel:
             self.pipe = None
         self.c2s.close()
         self.s2c.close()
+
+
+class ReplyBlocks:
+    """One reply's share of the s2c arena: blocks its kernels wrote results into, placed in
+    the reply, or freed when it is sent (`end`)."""
+
+    __slots__ = ("_channel", "_fresh")
+
+    def __init__(self, channel: ServerChannel) -> None:
+        self._channel = channel
+        self._fresh: set[int] = set()  # s2c blocks handed to kernels for this reply
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A block for a result of this reply, or None: small, or the arena is full."""
+        channel = self._channel
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < channel.inline_below:
+            return None
+        offset = channel.s2c.alloc(nbytes)
+        if offset is None:
+            return None  # the arena is full: the heap, and a frame later
+        self._fresh.add(offset)
+        buf = channel.s2c.segment.buf[offset : offset + nbytes]
+        return np.frombuffer(buf, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+    def place(self, arr: np.ndarray) -> tuple[Any, str]:
+        """Where a result goes: an alias of an arena argument, a fresh s2c block, or a frame."""
+        channel = self._channel
+        if arr.nbytes < channel.inline_below:
+            return None, FRAME_SMALL
+        regions = channel.regions
+        offset = regions[S2C].offset_of(arr)
+        if offset is not None and offset in self._fresh:
+            self._fresh.discard(offset)  # the kernel wrote the result right here: no copy
+            return [S2C, offset, arr.nbytes, True], SHM_DIRECT
+        for region_id in (C2S, S2C):
+            offset = regions[region_id].offset_of(arr)
+            if offset is not None:
+                return [region_id, offset, arr.nbytes, False], SHM_ALIAS
+        offset = channel.s2c.alloc(arr.nbytes)
+        if offset is None:
+            return None, FRAME_ARENA_FULL
+        dst = array_in(channel.s2c.segment.buf[offset : offset + arr.nbytes], arr)
+        copy_into(dst, arr)
+        return [S2C, offset, arr.nbytes, True], SHM_COPY
+
+    def end(self) -> None:
+        """Free the blocks kernels got for this reply that did not end up in it."""
+        for offset in self._fresh:
+            self._channel.s2c.free(offset)
+        self._fresh.clear()

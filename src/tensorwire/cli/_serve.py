@@ -84,6 +84,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(CPU for latency; 0 turns it off)",
     )
     p.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CUDA: launch up to N requests, each on its client's stream, before replying to "
+        "the oldest, so copies overlap kernels (default 1: one request at a time; on the CPU "
+        "above 1 only delays replies)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         metavar="N",
@@ -112,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             quotas=Quotas(args.quota_resident_bytes, args.quota_handles, args.quota_inflight),
             spin_us=args.spin_us,
+            pipeline_depth=args.pipeline_depth,
         )
         urls = core.bind()
     except (TensorwireError, ValueError, RuntimeError) as exc:

@@ -4,6 +4,13 @@ One thread owns every socket. It drains whatever has arrived into a bounded
 queue (answering "busy" beyond it), then runs one request and replies. Running
 requests inline keeps small calls to one thread wake-up; the queue keeps one
 client's burst from starving the rest.
+
+Each request runs in two steps: launch (decode, run up to its device work) and
+complete (wait for that work, encode, reply). Serially (`pipeline_depth=1`) one
+follows the other. Pipelined, on a CUDA backend, up to `pipeline_depth` requests
+are launched, each on its client's stream, before the oldest completes: one
+request's copies overlap another's kernels. Anything that is not an op call or a
+graph waits for the running requests first.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from ..channel import (
     DEFAULT_DIRECTORY,
     DEFAULT_SPIN_US,
     ChannelError,
-    ServerChannel,
+    ReplyBlocks,
     pack_message,
     spin_seconds,
 )
@@ -54,13 +61,14 @@ from ..transport import (
     server_socket,
     wire_path,
 )
-from ._handlers import Handler, error_meta, parse_request
+from ._handlers import Handler, Request, error_meta, parse_request
 from ._metrics import Metrics, Observation
 from ._replies import TOO_LARGE, ReplyCache
 from ._resident import Quotas
 from ._sessions import Session, Sessions
 from ._wire import mark_narrowed, settle_narrowed
 from .ops import OpRegistry, default_registry, make_backend
+from .ops._backend import NO_FENCE, Fence
 from .ops._output import Allocator, narrowing_replies
 
 log = logging.getLogger("tensorwire.server")
@@ -68,6 +76,7 @@ log = logging.getLogger("tensorwire.server")
 PIPE_REPLY_TIMEOUT = 5.0  # seconds a client may take to drain a large reply from its pipe
 POLL_MS = 100  # how often a stop request is noticed while idle
 DRAIN_BATCH = 64  # messages taken from one socket per turn
+MAX_PIPELINE_DEPTH = 64  # requests launched ahead of their replies, at most
 
 
 @dataclass
@@ -78,6 +87,28 @@ class _Incoming:
     arrived: float
     session: Session | None = None
     ucx: UcxListener | None = None  # the listener whose peer sent it
+
+
+@dataclass(eq=False)
+class _Running:
+    """A request launched, its reply not sent yet: what the reply is made of once the
+    request's device work (its fence) is done."""
+
+    item: _Incoming
+    obs: Observation
+    started: float
+    frames: list[Any] | None = None  # its reply, known at launch: an error, or a retry's
+    rid: Any = None
+    sid: str | None = None  # its session
+    request: Request | None = None
+    session: Session | None = None
+    path: str = ""
+    deserialized: float = 0.0
+    compute: float = 0.0
+    policy: str | None = None  # the client's wire policy for the reply
+    blocks: ReplyBlocks | None = None  # its share of the client's result arena
+    result: Any = None
+    fence: Fence = NO_FENCE
 
 
 class ServerCore:
@@ -99,9 +130,13 @@ class ServerCore:
         insecure: bool = False,
         quotas: Quotas | None = None,
         spin_us: float = DEFAULT_SPIN_US,
+        pipeline_depth: int = 1,
     ) -> None:
         if not listen:
             raise ValueError("a server needs at least one listen URL")
+        if type(pipeline_depth) is not int or not 1 <= pipeline_depth <= MAX_PIPELINE_DEPTH:
+            raise ValueError(f"pipeline_depth must be an int from 1 to {MAX_PIPELINE_DEPTH}, "
+                             f"got {pipeline_depth!r}")
         self._transports: list[tuple[Transport, str]] = [(get_transport(u), u) for u in listen]
         if auth_dir is None and not insecure and any(u.startswith("tcp://") for u in listen):
             raise AuthError(
@@ -122,6 +157,14 @@ class ServerCore:
         self.handler = Handler(registry or default_registry(), backend_impl, self.sessions)
         self.limits = limits
         self.max_queue = max_queue
+        # Above 1: requests launch on their clients' CUDA streams before the oldest replies.
+        self.pipeline_depth = pipeline_depth
+        backend_impl.pipelined = pipeline_depth > 1
+        if pipeline_depth > 1 and not backend_impl.device.startswith("cuda"):
+            log.warning("pipeline depth %d on %s: nothing overlaps there; replies only wait "
+                        "for the requests launched after them", pipeline_depth,
+                        backend_impl.device)
+        self._running: deque[_Running] = deque()  # launched, not replied to (oldest first)
         self._spin = spin_seconds(spin_us)
         self.urls: list[str] = []
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -131,12 +174,15 @@ class ServerCore:
         self._ucx: list[UcxListener] = []
         self._queue: deque[_Incoming] = deque()
         self._inflight: Counter[Any] = Counter()  # queued requests per connection
-        self._reply_channel: ServerChannel | None = None  # the arena of the reply being made
         self._cast_buffers = BufferPool()  # wire casts write into recycled pages
         self.metrics = Metrics()
         self.handler.metrics = self.metrics  # the "stats" request reads it
-        self.sessions.on_end = self.metrics.forget_client
+        self.sessions.on_end = self._forget_client
         self._stop = threading.Event()
+
+    def _forget_client(self, sid: str) -> None:
+        self.metrics.forget_client(sid)
+        self.handler.backend.forget_client(sid)
 
     def bind(self) -> list[str]:
         self._ctx = zmq.Context()
@@ -177,7 +223,7 @@ class ServerCore:
                 for fd in pipes:
                     poller.register(fd, zmq.POLLIN)
             # Just served: poll without sleeping for a while, the next call is likely near.
-            hot = self._queue or time.perf_counter() - served < self._spin
+            hot = self._queue or self._running or time.perf_counter() - served < self._spin
             ready = dict(poller.poll(0 if hot else POLL_MS))
             for sock in self._socks:
                 if sock in ready:
@@ -188,14 +234,15 @@ class ServerCore:
             for listener in self._ucx:
                 if listener.wake in ready:
                     self._drain_ucx(listener)
-            if self._queue:
-                self._serve_one(self._queue.popleft())
+            if self._queue or self._running:
+                self._advance()
                 served = time.perf_counter()
-            self.sessions.reap()
+            if not self._running:  # reaping may unmap what running requests still use
+                self.sessions.reap()
             if self._auth is not None:
                 self._auth.reload()
-        while self._queue:  # answer everything already accepted before exiting
-            self._serve_one(self._queue.popleft())
+        while self._queue or self._running:  # answer everything accepted before exiting
+            self._advance()
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
@@ -267,74 +314,123 @@ class ServerCore:
             for frames in pipe.reader.messages():
                 self._enqueue(_Incoming(None, None, frames, time.perf_counter(), session))
         except ProtocolError as exc:  # framing is lost: this client's pipe cannot recover
-            self.sessions.end(session, f"unreadable message pipe: {exc}")
+            self._end_session(session, f"unreadable message pipe: {exc}")
 
-    def _serve_one(self, item: _Incoming) -> None:
-        """Run one request and send exactly one reply (from the cache for a retry)."""
+    def _advance(self) -> None:
+        """Serial: run the next request and reply. Pipelined: launch queued requests up to
+        the depth (their device work queues up behind the running ones'), then reply to the
+        oldest once its device work is done."""
+        running = self._running
+        if self.pipeline_depth == 1:
+            self._complete(self._launch(self._queue.popleft()))
+            return
+        while self._queue and len(running) < self.pipeline_depth:
+            if running and not self._overlappable(self._queue[0]):
+                break  # it waits until every running request has replied
+            running.append(self._launch(self._queue.popleft()))
+        if running:
+            self._complete(running.popleft())
+
+    def _overlappable(self, item: _Incoming) -> bool:
+        """Whether a request may launch while others run: an op call or a graph, not a retry
+        of a running request, and releasing no CUDA memory the running ones may still use."""
+        meta = peek_meta(item.frames[0] if item.frames else b"")
+        if meta.get("k") not in ("call", "graph") or "fi" in meta or "xa" in meta:
+            return False
+        key = (meta.get("s"), meta.get("id"))
+        return all(key != (run.sid, run.rid) for run in self._running)
+
+    def _finish_running(self) -> None:
+        """Reply to every running request (before anything that could unmap their memory)."""
+        while self._running:
+            self._complete(self._running.popleft())
+
+    def _end_session(self, session: Session, why: str) -> None:
+        self._finish_running()  # their copies may still target this session's arenas
+        self.sessions.end(session, why)
+
+    def _launch(self, item: _Incoming) -> _Running:
+        """Decode and run a request up to its device work (waited for in `_complete`); an
+        error, or a retry's cached reply, is its reply at once."""
         self._release_slot(item)
-        started = time.perf_counter()
-        obs = Observation("?", "", "-", True, "", [0.0] * 4, 0, 0)
-        keep: tuple[ReplyCache, int] | None = None
+        run = _Running(item, Observation("?", "", "-", True, "", [0.0] * 4, 0, 0),
+                       time.perf_counter())
         try:
-            frames, keep = self._execute(item, started, obs)
+            self._start(run)
         except Exception as exc:  # every failure becomes this caller's error reply
-            frames = self._failure(item, exc, obs)
-        finally:
-            channel, self._reply_channel = self._reply_channel, None
-            if channel is not None:
-                channel.end_request()  # arena blocks kernels got but the reply did not use
-        self._reply(item, frames)
+            self.handler.backend.take_timings()  # drop a failed request's device work
+            run.frames = self._failure(item, exc, run.obs)
+        return run
+
+    def _complete(self, run: _Running) -> None:
+        frames, keep = run.frames, None
+        if frames is None:
+            try:
+                frames, keep = self._finish(run)
+            except Exception as exc:
+                frames = self._failure(run.item, exc, run.obs)
+        if run.blocks is not None:
+            run.blocks.end()  # arena blocks kernels got but the reply did not use
+        self._reply(run.item, frames)
         if keep is not None:  # for a retry; kept only now, while the client reads the reply
             keep[0].put(keep[1], frames)  # (one thread serves: no request can come between)
-        obs.bytes_in += _header_bytes(item.frames)
+        obs = run.obs
+        obs.bytes_in += _header_bytes(run.item.frames)
         obs.bytes_out += _header_bytes(frames)  # the header, as for in
         self.metrics.observe(obs)
 
-    def _execute(
-        self, item: _Incoming, started: float, obs: Observation
-    ) -> tuple[list[Any], tuple[ReplyCache, int] | None]:
-        """The reply frames, and the reply cache to keep them in (by request id)."""
+    def _start(self, run: _Running) -> None:
+        item, obs = run.item, run.obs
         decoded, session = self._decode(item)
         request = parse_request(decoded.meta, decoded.payload)
         obs.rid, obs.kind, obs.op = request.rid, request.kind, request.op
         obs.bytes_in = decoded.nbytes
+        run.request, run.session, run.rid = request, session, request.rid
         if session is not None:
-            self._reply_channel = session.channel
-            obs.client = session.sid
+            run.sid = obs.client = session.sid
             cached = session.replies.get(request.rid)
             if cached is not None:  # a retry: answer again, never run twice
-                return _from_cache(request.rid, cached), None
+                run.frames = _from_cache(request.rid, cached)
+                return
             _released(session, decoded.meta)
         channel = session.channel if session is not None else None
-        path = self._path(item, channel is not None)
-        narrow = (settle_narrowed(request, path, decoded.handles, self._cast_buffers,
-                                  self.handler.backend)
+        backend = self.handler.backend
+        backend.begin_request(run.sid)  # pipelined: on the client's own stream
+        run.path = path = self._path(item, channel is not None)
+        narrow = (settle_narrowed(request, path, decoded.handles, self._cast_buffers, backend)
                   if decoded.narrowed else None)  # most requests carry nothing narrowed
-        deserialized = time.perf_counter()
+        run.deserialized = time.perf_counter()
         if request.kind == "hello":
             request.meta["user"] = self._user(item)  # the session belongs to this identity
             if item.ucx is not None:
                 request.meta["host"] = None  # a remote session: no shared memory, no CUDA IPC
-        policy = _reply_policy(decoded.meta.get("w"))
+        if channel is not None and request.kind != "hello":
+            run.blocks = channel.begin_reply()
+        run.policy = policy = _reply_policy(decoded.meta.get("w"))
         if policy is None:
-            result, compute = self.handler.handle(request, session, decoded.handles)
+            result, run.compute = self.handler.handle(request, session, decoded.handles)
         else:  # a device backend may narrow its results before they leave the device
             with narrowing_replies(_narrowing(policy, path)):
-                result, compute = self.handler.handle(request, session, decoded.handles)
-        if narrow is not None:
-            result = mark_narrowed(result, narrow)
-        device = self.handler.backend.take_timings()  # {} on CPU; fences this request's copies
+                result, run.compute = self.handler.handle(request, session, decoded.handles)
+        run.result = mark_narrowed(result, narrow) if narrow is not None else result
+        run.fence = backend.fence()  # {} on CPU; the request's copies (pipelined: all of it)
+
+    def _finish(self, run: _Running) -> tuple[list[Any], tuple[ReplyCache, int] | None]:
+        """The reply frames, once the request's device work is done, and the reply cache to
+        keep them in (by request id)."""
+        request, session, blocks, obs = run.request, run.session, run.blocks, run.obs
+        assert request is not None
+        device = run.fence.wait()
         encoded_at = time.perf_counter()
-        placer = channel.place if channel is not None and request.kind != "hello" else None
         caster = None
-        if policy is not None:  # results cast straight into the reply's arena where they go
-            arena = channel.output_allocator() if channel is not None and placer else None
-            caster = _caster(policy, path, self._cast_buffers, arena)
-        encoded = encode_payload(result, placer, caster)
+        if run.policy is not None:  # results cast straight into the reply's arena where they go
+            arena = blocks.allocate if blocks is not None else None
+            caster = _caster(run.policy, run.path, self._cast_buffers, arena)
+        result, run.result = run.result, None  # the reply holds what it needs
+        encoded = encode_payload(result, blocks.place if blocks is not None else None, caster)
         done = time.perf_counter()
-        obs.stages = server_stages(
-            started - item.arrived, deserialized - started, compute, done - encoded_at
-        )
+        obs.stages = server_stages(run.started - run.item.arrived,
+                                   run.deserialized - run.started, run.compute, done - encoded_at)
         obs.bytes_out = encoded.nbytes
         stages: list[Any] = [*obs.stages, device] if device else obs.stages
         reply = {"id": request.rid, "ok": True, "t": stages}
@@ -401,7 +497,6 @@ class ServerCore:
         if rid is None:
             rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
         obs.ok, obs.error = False, type(exc).__name__
-        self.handler.backend.take_timings()  # drop a failed request's device timings
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
             self.handler.backend.release_memory()  # caches emptied; the server keeps serving
         log.debug("request %r failed: %r", rid, exc)
@@ -432,7 +527,7 @@ class ServerCore:
         try:
             pipe.send(pack_message(frames), PIPE_REPLY_TIMEOUT)
         except ChannelError as exc:
-            self.sessions.end(session, str(exc))
+            self._end_session(session, str(exc))
 
 
 

@@ -100,7 +100,7 @@ class Handler:
 
             start = time.perf_counter()
             result = run_graph(self, req, session)
-            self.backend.synchronize()
+            self.backend.settle()
             return result, time.perf_counter() - start
         if req.kind != "call":
             assert session is not None
@@ -114,7 +114,7 @@ class Handler:
             if req.op in VIEW_OPS and _all_aliases(result):
                 # A view of the client's own memory, made without a kernel: nothing to wait for.
                 return result, time.perf_counter() - start
-        self.backend.synchronize()
+        self.backend.settle()
         return result, time.perf_counter() - start
 
     def _call_native(self, req: Request, session: Session) -> Any:

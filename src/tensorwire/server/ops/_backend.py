@@ -16,6 +16,19 @@ from ._table import Kernel
 BACKENDS = ("auto", "numpy", "torch")
 
 
+class Fence:
+    """One request's device work: `wait()` returns once it is done, with its device stages
+    in seconds ({} here: nothing ran on a device)."""
+
+    __slots__ = ()
+
+    def wait(self) -> dict[str, Any]:
+        return {}
+
+
+NO_FENCE = Fence()
+
+
 class Backend(ABC):
     """Where ops run: converts wire arrays to native tensors and back, and holds the kernels."""
 
@@ -38,8 +51,27 @@ class Backend(ABC):
     def is_tensor(self, value: Any) -> bool:
         """Whether `value` is a tensor from_wire/to_wire deal with (not a list or scalar)."""
 
+    pipelined: bool = False  # set by a server that launches requests ahead of its replies
+
     def synchronize(self) -> None:  # noqa: B027 (optional hook: CPU backends need nothing)
         """Wait for queued device work; a no-op on the CPU."""
+
+    def settle(self) -> None:
+        """After a request's kernels: wait for them, unless the server is pipelined (it then
+        waits on each request's fence just before replying, and the device runs ahead)."""
+        if not self.pipelined:
+            self.synchronize()
+
+    def begin_request(self, client: Any) -> None:  # noqa: B027 (optional hook)
+        """A request of `client` (a session id, or None) starts: a pipelined device backend
+        runs it on that client's own stream, timed from here."""
+
+    def fence(self) -> Fence:
+        """The device work of the request that just ran, to wait for before replying."""
+        return NO_FENCE
+
+    def forget_client(self, client: Any) -> None:  # noqa: B027 (optional hook)
+        """The client's session ended (no request of it is in flight): drop its stream."""
 
     def widen(self, narrow: np.ndarray, original: str) -> Any:
         """An argument that came narrowed for the wire, widened to `original` ("float32" or
@@ -47,10 +79,9 @@ class Backend(ABC):
         return None
 
     def take_timings(self) -> dict[str, Any]:
-        """This request's device stages (seconds) since the last call; {} without a device.
-
-        The server calls it once per request before replying (see TorchBackend)."""
-        return {}
+        """This request's device stages (seconds) since the last call; {} without a device:
+        its fence, waited for."""
+        return self.fence().wait()
 
     def release_memory(self) -> None:
         """After an out-of-memory error: drop what caches hold so the next request can run."""

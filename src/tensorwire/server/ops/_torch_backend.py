@@ -1,15 +1,21 @@
 """The torch backend: CPU or one CUDA device. torch is imported only when this is built.
 
-On CUDA, all of the backend's work runs on one CUDA stream of its own (made the current
-stream of the thread that serves requests), and CUDA events around every host-to-device
-copy (from_wire) and device-to-host copy (to_wire) time them. `take_timings()` returns the
-per-request totals (seconds) and resets them: the server calls it once per request, before
-replying, and adds them to the reply's trace. Sources in a page-locked arena (registered
-with `channel._cuda.register_host`) are copied with `non_blocking=True` once the caller has
-shown (by calling take_timings, which waits for the stream) that it fences every request.
-Results come back through page-locked staging buffers (torch's pinned host allocator), or
-straight into the reply's arena; float32 results the client's wire policy narrows are
-narrowed on the device first (`device_casts`), as narrowed arguments are widened there.
+On CUDA, the backend's work runs on a CUDA stream of its own (made the current stream of
+the thread that serves requests), and CUDA events around every host-to-device copy
+(from_wire) and device-to-host copy (to_wire) time them. After each request the server
+takes its `fence()`, waits for it before replying and adds the per-request totals it
+returns to the reply's trace. Sources in a page-locked arena (registered with
+`channel._cuda.register_host`) are copied with `non_blocking=True` once the caller has shown
+(by taking a fence) that it waits for every request. Results come back through page-locked
+staging buffers (torch's pinned host allocator), or straight into the reply's arena;
+float32 results the client's wire policy narrows are narrowed on the device first
+(`device_casts`), as narrowed arguments are widened there.
+
+Pipelined (`pipelined`, set by a server with pipeline_depth > 1), each client's requests
+run on a stream of their own (`begin_request`), kernels are not waited for after each op,
+and results' copies to the host are left to the request's fence: the server launches the
+next requests before it waits for the oldest, and their copies and kernels overlap.
+
 On the CPU nothing of this runs: from_wire/to_wire are the zero-copy views they always were.
 """
 
@@ -25,7 +31,7 @@ import torch
 
 from ...channel._cuda import is_registered
 from ...codec import Narrowed
-from ._backend import Backend, contiguous
+from ._backend import NO_FENCE, Backend, Fence, contiguous
 from ._output import reply_narrowing, reply_output
 from ._table import check_kernels
 from ._torch_kernels import KERNELS
@@ -77,14 +83,22 @@ def _host_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-class DeviceTimer:
-    """CUDA events around copies on one stream; per-request totals, events pooled."""
+class DeviceTimer(Fence):
+    """CUDA events around one request's copies on one stream; its totals, events pooled.
 
-    def __init__(self, stream: Any) -> None:
+    `seal()` marks the end of the request's work on the stream; `wait()` (its Fence) waits
+    for that mark and returns the totals. A pipelined server also marks the start
+    (`start()`), so that a request with no copies is fenced and timed too.
+    """
+
+    __slots__ = ("stream", "_free", "_spans", "_first", "_last", "h2d_pinned", "h2d_pageable")
+
+    def __init__(self, stream: Any, pool: list[Any]) -> None:
         self.stream = stream
-        self._free: list[Any] = []
+        self._free = pool  # shared by every timer of the backend
         self._spans: dict[str, list[tuple[Any, Any]]] = {"h2d": [], "d2h": []}
         self._first: Any = None
+        self._last: Any = None
         self.h2d_pinned = self.h2d_pageable = 0  # bytes this request, by source kind
 
     def event(self) -> Any:
@@ -95,6 +109,9 @@ class DeviceTimer:
             self._first = ev
         return ev
 
+    def start(self) -> None:
+        self.event()
+
     def span(self, kind: str, start: Any, end: Any) -> None:
         self._spans[kind].append((start, end))
         if len(self._spans[kind]) > MAX_SPANS:  # nobody takes the timings: don't grow
@@ -104,15 +121,20 @@ class DeviceTimer:
     def busy(self) -> bool:
         return self._first is not None
 
-    def take(self) -> dict[str, Any]:
-        """Wait for the stream's work of this request; the totals in seconds; reset."""
-        if self._first is None:
+    def seal(self) -> None:
+        if self._first is not None and self._last is None:
+            self._last = self.event()
+
+    def wait(self) -> dict[str, Any]:
+        """Wait for the stream's work of this request up to `seal()`; the totals in seconds;
+        reset (the timer may time another request)."""
+        first, last = self._first, self._last
+        if first is None or last is None:
             return {}
-        last = self.event()
         last.synchronize()
         h2d = sum(a.elapsed_time(b) for a, b in self._spans["h2d"]) / 1e3
         d2h = sum(a.elapsed_time(b) for a, b in self._spans["d2h"]) / 1e3
-        span = self._first.elapsed_time(last) / 1e3
+        span = first.elapsed_time(last) / 1e3
         out: dict[str, Any] = {
             "host_to_device": h2d,
             "device_compute": max(span - h2d - d2h, 0.0),  # stream time besides the copies
@@ -122,12 +144,17 @@ class DeviceTimer:
             out["h2d"] = ("pinned" if not self.h2d_pageable else
                           "pageable" if not self.h2d_pinned else "mixed")
         used = {id(e): e for pair in self._spans.values() for p in pair for e in p}
-        used[id(self._first)], used[id(last)] = self._first, last
+        used[id(first)], used[id(last)] = first, last
         self._free.extend(used.values())
         self._spans = {"h2d": [], "d2h": []}
-        self._first = None
+        self._first = self._last = None
         self.h2d_pinned = self.h2d_pageable = 0
         return out
+
+    def take(self) -> dict[str, Any]:
+        """Seal, wait and reset in one go."""
+        self.seal()
+        return self.wait()
 
 
 class TorchBackend(Backend):
@@ -138,30 +165,70 @@ class TorchBackend(Backend):
         self._torch_device = torch.device(self.device)
         self._cuda = self._torch_device.type == "cuda"
         self.kernels = _KERNELS
-        self._stream: Any = None
-        self._stream_thread: int | None = None
+        self._stream: Any = None  # the backend's own stream: every request's, unless pipelined
+        self._current: Any = None  # the stream of the request running now
+        self._stream_thread: int | None = None  # the thread _current was made current on
+        self._set: Any = None  # the stream made current on that thread
+        self._streams: dict[Any, Any] = {}  # pipelined: each client's (from torch's pool)
+        self._events: list[Any] = []  # timing events, pooled across requests
         self._timer: DeviceTimer | None = None
         self.async_h2d = False  # set by the first take_timings(): the caller fences requests
         # Narrowed arguments cross to the device narrow and are widened there: half the
         # bytes over PCIe, and no cast on the server's CPU.
         self.device_casts = self._cuda
         if self._cuda:
-            self._stream = torch.cuda.Stream(  # type: ignore[no-untyped-call]
+            self._stream = self._current = torch.cuda.Stream(  # type: ignore[no-untyped-call]
                 self._torch_device)
-            self._timer = DeviceTimer(self._stream)
+            self._timer = DeviceTimer(self._stream, self._events)
 
     @property
     def stream(self) -> Any:
-        """The CUDA stream all of this backend's work runs on (None on the CPU)."""
-        return self._stream
+        """The CUDA stream the running request's work goes on (None on the CPU): the
+        backend's own, or, pipelined, its client's."""
+        return self._current
 
     def _use_stream(self) -> None:
-        """Make the backend's stream current on the calling thread (once per thread)."""
+        """Make the running request's stream current on the calling thread (the device once
+        per thread; the stream when it changed)."""
         ident = threading.get_ident()
         if self._stream_thread != ident:
             torch.cuda.set_device(self._torch_device)
-            torch.cuda.set_stream(self._stream)
-            self._stream_thread = ident
+            self._stream_thread, self._set = ident, None
+        if self._set is not self._current:
+            torch.cuda.set_stream(self._current)
+            self._set = self._current
+
+    def begin_request(self, client: Any) -> None:
+        """Pipelined: the request runs on its client's stream (requests of one client stay in
+        order; other clients' copies and kernels may overlap it), timed from here."""
+        if not self._cuda or not self.pipelined:
+            return
+        stream = self._streams.get(client)
+        if stream is None:  # torch hands out streams from a fixed pool: none is leaked
+            stream = self._streams[client] = torch.cuda.Stream(  # type: ignore[no-untyped-call]
+                self._torch_device)
+        self._current = stream
+        self._use_stream()
+        self._timer = DeviceTimer(stream, self._events)
+        self._timer.start()
+
+    def fence(self) -> Fence:
+        """The running request's device work (its copies, and pipelined its kernels too),
+        marked on its stream; NO_FENCE when nothing of it was timed. The first call also
+        turns on asynchronous copies from page-locked arenas, since the caller has shown
+        that it waits for each request before replying."""
+        timer = self._timer
+        if timer is None:
+            return NO_FENCE
+        self.async_h2d = True
+        if not timer.busy:
+            return NO_FENCE
+        timer.seal()
+        self._timer = DeviceTimer(self._current, self._events)  # the next request's
+        return timer
+
+    def forget_client(self, client: Any) -> None:
+        self._streams.pop(client, None)
 
     def from_wire(self, arr: Any) -> Any:
         if self._cuda:
@@ -241,12 +308,13 @@ class TorchBackend(Backend):
             return contiguous(_host_numpy(t.contiguous().cpu().resolve_conj().resolve_neg()))
         t = t.resolve_conj().resolve_neg().contiguous()  # on the device, where it is cheap
         dst = reply_output(tuple(t.shape), _numpy_dtype(t.dtype))
+        wait = not self.pipelined  # pipelined, the request's fence waits before the reply
         if dst is not None:
-            self._d2h(t, _host_tensor(dst), is_registered(dst.ctypes.data, dst.nbytes))
+            self._d2h(t, _host_tensor(dst), is_registered(dst.ctypes.data, dst.nbytes), wait)
             return dst
         pin = t.numel() * t.element_size() >= PINNED_D2H_MIN
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
-        self._d2h(t, host, pin)
+        self._d2h(t, host, pin, wait)
         return contiguous(_host_numpy(host))
 
     def copy_to_host(self, value: Any, dst: np.ndarray) -> None:
@@ -265,10 +333,11 @@ class TorchBackend(Backend):
         if t.device.type == "cpu" or not self._cuda or self._timer is None:
             out.copy_(t)
             return
-        self._d2h(t, out, is_registered(dst.ctypes.data, dst.nbytes))
+        self._d2h(t, out, is_registered(dst.ctypes.data, dst.nbytes), True)
 
-    def _d2h(self, t: torch.Tensor, out: torch.Tensor, pinned: bool) -> None:
-        """One timed device-to-host copy on the backend's stream; returns once it is done."""
+    def _d2h(self, t: torch.Tensor, out: torch.Tensor, pinned: bool, wait: bool) -> None:
+        """One timed device-to-host copy on the request's stream; with `wait`, returns once
+        it is done (else the request's fence covers it)."""
         self._use_stream()
         timer = self._timer
         assert timer is not None
@@ -276,19 +345,8 @@ class TorchBackend(Backend):
         out.copy_(t, non_blocking=pinned)
         end = timer.event()
         timer.span("d2h", start, end)
-        end.synchronize()
-
-    def take_timings(self) -> dict[str, Any]:
-        """This request's device stages in seconds and the h2d path; {} on the CPU.
-
-        Waits for the backend's stream, so every copy out of a client's arena has finished
-        when it returns: call it before replying. Its first call also turns on asynchronous
-        copies from page-locked arenas, since the caller has shown it fences each request.
-        """
-        if self._timer is None:
-            return {}
-        self.async_h2d = True
-        return self._timer.take()
+        if wait:
+            end.synchronize()
 
     def is_tensor(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)
