@@ -1,6 +1,7 @@
 """`make chaos`: every fault scenario at full size; prints the figures (and --json).
 
     PYTHONPATH=tests python -m chaos [--scale 1.0] [--only T1,T4] [--json FILE]
+                                     [--server-flags "--pipeline-depth 4"]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import platform
 import sys
 import time
 
-from . import MODULES, scenario
+from . import MODULES, _common, scenario
 from ._common import cleanup
 
 
@@ -21,10 +22,13 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help="1.0 = the sizes of issue 7")
     p.add_argument("--only", default="", help="comma-separated scenarios, e.g. T1,T4")
     p.add_argument("--json", metavar="FILE", help="write all figures here")
+    p.add_argument("--server-flags", default="", metavar="FLAGS",
+                   help="more `tensorwire serve` flags for every scenario's server")
     a = p.parse_args()
+    _common.SERVER_FLAGS[:] = a.server_flags.split()
     names = [n.strip() for n in a.only.split(",") if n.strip()] or list(MODULES)
     machine = {"python": platform.python_version(), "platform": platform.platform(),
-               "cpus": os.cpu_count(), "scale": a.scale}
+               "cpus": os.cpu_count(), "scale": a.scale, "server_flags": a.server_flags}
     print(f"# chaos run: {machine}", flush=True)
     results, failed = {}, []
     for name in names:

@@ -65,13 +65,16 @@ def cleanup() -> None:
         reap(STARTED.pop(), timeout=3.0)
 
 
+SERVER_FLAGS: list[str] = []  # `python -m chaos --server-flags`: added to every server
+
+
 class Server:
     """The chaos ops server (tensorwire serve + custom ops) in a child process."""
 
     def __init__(self, listen: str, *flags: str, rlimit_as_extra: int | None = None,
                  wrapper: list[str] | None = None, log_dir: str | None = None) -> None:
         cmd = [*(wrapper or []), sys.executable, OPS_SERVER, "serve", "--listen", listen,
-               "--backend", "numpy", *flags]
+               "--backend", "numpy", *flags, *SERVER_FLAGS]
         if listen.startswith("tcp://") and "--auth-dir" not in flags and "--insecure" not in flags:
             cmd.append("--insecure")
         env = child_env(**({"CHAOS_RLIMIT_AS_EXTRA": str(rlimit_as_extra)}
