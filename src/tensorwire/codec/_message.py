@@ -46,17 +46,33 @@ Resolver = Callable[[Any, int], tuple[Any, str]]
 # Picks the resolver from the meta (the session a request belongs to); None: frames only.
 ResolverFor = Callable[[dict[str, Any]], Resolver | None]
 
-# msgpack.packb called inside a `default` hook costs ~30 us (it builds a fresh
-# Packer each time); a per-thread Packer for the small inner records costs ~1 us.
+# msgpack.packb builds (and mallocs the buffer of) a fresh Packer per call: ~0.5 us of a
+# small call's encode. Each thread keeps its Packers instead: one plain one for the meta and
+# the small inner records, and one per nesting level of encode_payload (whose `default` hook
+# sees that call's state). A Packer that grew past PACKER_KEEP_BYTES is dropped after use.
 _local = threading.local()
+PACKER_KEEP_BYTES = 1 << 20
 
 
-def _pack_inner(obj: Any) -> bytes:
+def _plain_packer() -> Any:
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer()
-    data: bytes = packer.pack(obj)
+    return packer
+
+
+def _pack_inner(obj: Any) -> bytes:
+    data: bytes = _plain_packer().pack(obj)
     return data
+
+
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """msgpack.ExtType(code, data) without its Python-level argument checks (ours are known
+    good: a constant code and packed bytes); the same namedtuple all the same."""
+    return _new_tuple(msgpack.ExtType, (code, data))
+
+
+_new_tuple: Callable[[type[msgpack.ExtType], tuple[int, bytes]], msgpack.ExtType] = tuple.__new__
 
 
 FRAME_PATH = "frame"
@@ -64,7 +80,7 @@ RESIDENT_PATH = "resident"  # a handle: the tensor stayed on the server
 COPIED_PATH = "frame(copied: non-contiguous)"
 
 
-@dataclass
+@dataclass(slots=True)
 class Encoded:
     """An encoded payload: its msgpack bytes, the tensor frames, and each tensor's path."""
 
@@ -77,12 +93,13 @@ class Encoded:
     def frames(self, meta: dict[str, Any]) -> list[Any]:
         """The message frames. Meta is packed last so it can carry the encode time."""
         try:
-            packed_meta = msgpack.packb(meta)
+            packed_meta = _pack_inner(meta)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"cannot encode message meta: {exc}") from exc
         return [_HEADER_PREFIX + packed_meta + self.payload, *self.tensor_frames]
 
 
+_NO_OUT = Encoded()  # what an idle encoder points at: no call's objects kept alive
 # fixarray of 3 elements, then the version: [v, meta, payload] assembled by concatenation.
 _HEADER_PREFIX = b"\x93" + msgpack.packb(PROTOCOL_VERSION)
 
@@ -108,39 +125,69 @@ def encode_payload(
     back. Tensors wrapped in `Exact` are never cast. `exporter` sends CUDA tensors as
     CUDA IPC references instead of bytes.
     """
-    out = Encoded()
+    encoder = _Encoder.take()
+    out = encoder.out = Encoded()
+    encoder.placer, encoder.caster, encoder.exporter = placer, caster, exporter
+    try:
+        out.payload = encoder.packer.pack(payload)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode message: {exc}") from exc
+    finally:
+        encoder.give_back(len(out.payload))
+    return out
 
-    def default(obj: Any) -> Any:
+
+class _Encoder:
+    """One encode_payload call's `default` hook, on a Packer this thread keeps for it."""
+
+    __slots__ = ("packer", "out", "placer", "caster", "exporter")
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(default=self.default)
+        self.out = _NO_OUT
+        self.placer: Placer | None = None
+        self.caster: Caster | None = None
+        self.exporter: Exporter | None = None
+
+    @staticmethod
+    def take() -> _Encoder:
+        """This thread's free encoder (a hook that encodes again nests one level deeper)."""
+        free: list[_Encoder] | None = getattr(_local, "encoders", None)
+        if free is None:
+            free = _local.encoders = []
+        return free.pop() if free else _Encoder()
+
+    def give_back(self, packed: int) -> None:
+        self.out, self.placer, self.caster, self.exporter = _NO_OUT, None, None, None
+        if packed <= PACKER_KEEP_BYTES:  # its buffer stays as large as the largest payload
+            _local.encoders.append(self)
+
+    def default(self, obj: Any) -> Any:
+        out = self.out
         if type(obj) is np.ndarray:  # the usual tensor: skip the checks below
-            return _encode_tensor(obj, out, placer, caster)
+            return _encode_tensor(obj, out, self.placer, self.caster)
         if isinstance(obj, complex):
-            return msgpack.ExtType(EXT_COMPLEX, _pack_inner([obj.real, obj.imag]))
+            return _ext(EXT_COMPLEX, _pack_inner([obj.real, obj.imag]))
         if isinstance(obj, HandleRef):
             out.handles += 1
             out.paths.append(RESIDENT_PATH)
-            return msgpack.ExtType(EXT_HANDLE, _pack_inner(obj.wire()))
-        cast = caster
+            return _ext(EXT_HANDLE, _pack_inner(obj.wire()))
+        cast = self.caster
         if isinstance(obj, Exact):
             obj, cast = obj.value, None
-        if exporter is not None and (ref := exporter(obj)) is not None:
+        if self.exporter is not None and (ref := self.exporter(obj)) is not None:
             obj = ref
         if isinstance(obj, IpcRef):
             out.handles += 1
             out.paths.append(CUDA_IPC_PATH)
-            return msgpack.ExtType(EXT_CUDA_IPC, _pack_inner(obj.wire()))
+            return _ext(EXT_CUDA_IPC, _pack_inner(obj.wire()))
         if isinstance(obj, Narrowed):
-            return _encode_tensor(obj if cast is not None else obj.widen(), out, placer, cast)
+            return _encode_tensor(obj if cast is not None else obj.widen(), out, self.placer, cast)
         if isinstance(obj, np.generic):
             obj = np.asarray(obj)
         if tensor_kind(obj) is None:
             raise ProtocolError(f"cannot send a value of type {type(obj).__name__}")
-        return _encode_tensor(to_numpy(obj), out, placer, cast)
-
-    try:
-        out.payload = msgpack.packb(payload, default=default)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode message: {exc}") from exc
-    return out
+        return _encode_tensor(to_numpy(obj), out, self.placer, cast)
 
 
 def encode(meta: dict[str, Any], payload: Any = None, placer: Placer | None = None) -> list[Any]:
@@ -169,10 +216,10 @@ def _encode_tensor(
         path = f"{path}+{name}"
     out.paths.append(path)
     out.nbytes += arr.nbytes
-    return msgpack.ExtType(EXT_TENSOR, _pack_inner(ref))
+    return _ext(EXT_TENSOR, _pack_inner(ref))
 
 
-@dataclass
+@dataclass(slots=True)
 class Decoded:
     meta: dict[str, Any]
     payload: Any
@@ -195,12 +242,15 @@ def decode(
     `from_wire`), or into a `Narrowed` placeholder for a receiver that widens later."""
     if not frames:
         raise ProtocolError("empty message")
-    if len(frames) > limits.max_frames:
-        raise ProtocolError(f"message has {len(frames)} frames; the limit is {limits.max_frames}")
-    total = sum(memoryview(f).nbytes for f in frames)
+    count = len(frames)
+    if count > limits.max_frames:
+        raise ProtocolError(f"message has {count} frames; the limit is {limits.max_frames}")
+    header = memoryview(frames[0])
+    total = header.nbytes
+    for i in range(1, count):  # a loop, not sum() over a generator: most messages have 1-2
+        total += memoryview(frames[i]).nbytes
     if total > limits.max_message_bytes:
         raise ProtocolError(f"message is {total} bytes; the limit is {limits.max_message_bytes}")
-    header = memoryview(frames[0])
     if header.nbytes > limits.max_header_bytes:
         raise ProtocolError(
             f"header is {header.nbytes} bytes; the limit is {limits.max_header_bytes}"
@@ -212,8 +262,8 @@ def decode(
         raise
     except Exception as exc:  # msgpack raises many types for malformed input
         raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
-    if len(state.used) != len(frames) - 1:  # each use was checked to be a distinct frame
-        unused = set(range(1, len(frames))) - state.used
+    if len(state.used) != count - 1:  # each use was checked to be a distinct frame
+        unused = set(range(1, count)) - state.used
         raise ProtocolError(f"frames {sorted(unused)} are not referenced by the header")
     return Decoded(meta=meta, payload=payload, paths=state.paths, handles=state.handles,
                    nbytes=state.nbytes, narrowed=state.narrowed)
@@ -266,6 +316,9 @@ def _check_meta(meta: Any) -> dict[str, Any]:
 
 
 class _DecodeState:
+    __slots__ = ("frames", "limits", "resolver", "widener", "used", "paths", "handles",
+                 "nbytes", "narrowed")  # fmt: skip
+
     def __init__(
         self,
         frames: Sequence[Any],
@@ -284,6 +337,8 @@ class _DecodeState:
         self.narrowed = 0
 
     def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_TENSOR:  # the usual one first
+            return self.tensor(msgpack.unpackb(data, raw=False))
         if code == EXT_HANDLE:
             self.handles += 1
             self.paths.append(RESIDENT_PATH)
@@ -297,8 +352,6 @@ class _DecodeState:
             if not (isinstance(parts, list) and len(parts) == 2):
                 raise ProtocolError("malformed complex number")
             return complex(*parts)
-        if code == EXT_TENSOR:
-            return self.tensor(msgpack.unpackb(data, raw=False))
         raise ProtocolError(f"unknown extension type {code}")
 
     def tensor(self, ref: Any) -> Any:
@@ -322,7 +375,7 @@ class _DecodeState:
         if nbytes == 0:
             return np.empty(shape, dtype=dtype, order=order)
         arr = np.frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize)
-        return arr.reshape(shape, order=order)
+        return arr if len(shape) == 1 else arr.reshape(shape, order=order)
 
     def _checked_nbytes(self, shape: Any, itemsize: int) -> int:
         if not isinstance(shape, list) or len(shape) > self.limits.max_ndim:
