@@ -204,6 +204,8 @@ def take_all(queue: deque[int]) -> list[int]:
     case raises no IndexError to end the loop.
     """
     out: list[int] = []
+    if not queue:  # the usual case
+        return out
     for _ in range(len(queue)):
         try:
             out.append(queue.popleft())

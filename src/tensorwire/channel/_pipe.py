@@ -50,6 +50,7 @@ TO_SERVER, TO_CLIENT = "c2s", "s2c"
 DEFAULT_SPIN_US = 200  # covers a warm turnaround on both sides of a 1 KB call here
 MAX_SPIN_US = 100_000
 _COUNT = struct.Struct("<I")
+_MAX_POLL_MS = float(2**31 - 2)
 
 
 def spin_seconds(spin_us: object) -> float:
@@ -274,15 +275,24 @@ class MessagePipe:
                 select.select([], [self.send_fd], [], remaining)
 
     def wait_readable(self, timeout: float, spin: float = 0.0) -> bool:
-        """Whether a message arrived within `timeout` seconds, polling the first `spin`."""
-        fds = [self.recv_fd]
+        """Whether a message arrived within `timeout` seconds, polling the first `spin`.
+
+        A poll object made per call (~0.5 us with its first poll) rather than select(),
+        which builds and scans its lists on every one of the spin's polls (~0.9 us)."""
+        poller = select.poll()
+        poller.register(self.recv_fd, select.POLLIN)
         if spin > 0:
-            until = time.perf_counter() + min(spin, timeout)
-            while time.perf_counter() < until:
-                if select.select(fds, [], [], 0)[0]:
+            clock = time.perf_counter
+            until = clock() + min(spin, timeout)
+            while clock() < until:
+                if poller.poll(0):
                     return True
-        ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
-        return bool(ready)
+        # poll() takes milliseconds (rounded up), as a C int, and waits forever when given
+        # a negative number; select() takes longer waits.
+        ms = max(timeout, 0.0) * 1000.0
+        if ms < _MAX_POLL_MS:
+            return bool(poller.poll(ms))
+        return bool(select.select([self.recv_fd], [], [], timeout)[0])
 
     def close(self) -> None:
         for fd in (self.recv_fd, self.send_fd):

@@ -470,22 +470,25 @@ class Client:
         if pipe is None:  # another thread gave the pipe up meanwhile
             return _PIPE_SILENT
         # Like one Lazy Pirate attempt: wait a share of the time, then go over zmq.
-        until = time.monotonic() + (item.deadline - time.monotonic()) / (self.retries + 1)
+        now = time.monotonic()
+        left = item.deadline - now
+        until = now + left / (self.retries + 1)
         try:
-            pipe.send(message, item.deadline - time.monotonic())
+            pipe.send(message, left)
         except ChannelError:
             channel.drop_pipe()  # partly written: the stream is unframed; zmq from now on
             return _PIPE_SILENT
-        item.sent_at = time.perf_counter()
-        item.send = item.sent_at - item.sent_at_start
+        item.sent_at = sent_at = time.perf_counter()
+        item.send = sent_at - item.sent_at_start
         item.carrier = "pipe"
         lookup = {item.rid: item}.get
+        reader = pipe.reader
         while not item.done:
             if not pipe.wait_readable(until - time.monotonic(), self._spin):
                 channel.drop_pipe()  # the server may be gone (restarted): zmq finds out
                 return _PIPE_SILENT
-            pipe.reader.read_available()
-            for frames in pipe.reader.messages():
+            reader.read_available()
+            for frames in reader.messages():
                 self._complete(frames, lookup)
         return item.outcome()
 
@@ -609,8 +612,9 @@ class Client:
     def _complete(self, frames: list[Any], lookup: Any) -> None:
         """Decode a reply and settle the future it answers (unknown ids are late: dropped)."""
         received = time.perf_counter()
+        channel = self._channel
         try:
-            decoded = decode(frames, resolver=self._channel.resolve if self._channel else None,
+            decoded = decode(frames, resolver=channel.resolve if channel is not None else None,
                              widener=self._widen)
         except ProtocolError as exc:
             meta = peek_meta(frames[0] if frames else b"")
@@ -619,29 +623,30 @@ class Client:
                 err = meta.get("err")
                 item.settle(error=_remote_exception(err) if err else exc)
             return
-        item = lookup(decoded.meta.get("id"))
+        meta = decoded.meta
+        item = lookup(meta.get("id"))
         if item is None:
             return
         self._acks.append(item.rid)  # told to the server with the next request
-        if not decoded.meta.get("ok"):
-            item.settle(error=_remote_exception(decoded.meta.get("err")))
+        if not meta.get("ok"):
+            item.settle(error=_remote_exception(meta.get("err")))
             return
         payload = decoded.payload
         copied = self.copy and any(p.startswith("shm") for p in decoded.paths)
         if copied:
             payload = _copied(payload)
-        if decoded.meta.get("hd"):
+        if meta.get("hd"):
             payload = self._wrap_handles(payload)
         result = restore_kind(payload, item.kind)
         if item.sent is not None:  # CUDA IPC arguments: results as CUDA tensors
             result = ipc_results(result, item.sent, self._ipc.open_result if self._ipc else None)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
         timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
-        reply_paths = decoded.meta.get("rp", decoded.paths)  # the server's account wins
+        reply_paths = meta.get("rp", decoded.paths)  # the server's account wins
         if copied:
             reply_paths = [f"{p}+copied out" if p.startswith("shm") else p for p in reply_paths]
-        self._trace_parts = (timing, received, time.perf_counter(), decoded.meta.get("t"),
-                             reply_paths, decoded.meta.get("gm"))
+        self._trace_parts = (timing, received, time.perf_counter(), meta.get("t"),
+                             reply_paths, meta.get("gm"))
         item.settle(result)
 
     def _caster(

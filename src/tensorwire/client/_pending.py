@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import TensorwireError
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """One request in flight: its future, deadline, and what the trace needs."""
 
