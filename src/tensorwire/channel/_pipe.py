@@ -68,8 +68,14 @@ def _sizes(count: int) -> struct.Struct:
     return struct.Struct(f"<{count}I")
 
 
+@functools.cache
+def _head(count: int) -> struct.Struct:
+    """The frame count and size table of a `count`-frame message, packed in one go."""
+    return struct.Struct(f"<{count + 1}I")
+
+
 def _pack(frames: Sequence[Any], sizes: list[int]) -> bytes:
-    return b"".join([_COUNT.pack(len(sizes)), _sizes(len(sizes)).pack(*sizes), *frames])
+    return b"".join([_head(len(sizes)).pack(len(sizes), *sizes), *frames])
 
 
 def pack_message(frames: Sequence[Any]) -> bytes:

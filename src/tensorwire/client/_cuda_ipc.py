@@ -88,8 +88,6 @@ class IpcSender:
 
     def storage_map(self, tensor: Any) -> dict[str, Any]:
         """The storage half of the tensor's descriptor: shared on first use, then reused."""
-        from torch.multiprocessing.reductions import StorageWeakRef
-
         storage = tensor.untyped_storage()
         # The StorageImpl's address: our weak reference keeps it from being reused by
         # another storage until the entry is taken out (take_released).
@@ -101,6 +99,8 @@ class IpcSender:
                 shared.used = now
                 return shared.wire
         wire = share_storage(tensor)  # CudaIpcRefused says why memory cannot be shared
+        from torch.multiprocessing.reductions import StorageWeakRef  # first use only
+
         with self._lock:
             self._shared[key] = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
         return wire
@@ -200,11 +200,14 @@ class Export:
         return IpcRef(len(self.sent) - 1, body)
 
 
-def _cuda_device(obj: Any) -> str | None:
-    """Where `obj` lives when that is CUDA memory (a torch tensor or DLPack object), else None."""
+def _cuda_device(obj: Any) -> object | None:
+    """Where `obj` lives when that is CUDA memory (a torch tensor or DLPack object), else None.
+
+    Only formatted into messages: a torch tensor's own device object stands for itself (what
+    it prints is its name), so the usual case builds no string per call."""
     torch = sys.modules["torch"]
     if isinstance(obj, torch.Tensor):
-        return str(obj.device) if obj.device.type == "cuda" else None
+        return obj.device if obj.is_cuda else None
     device = getattr(obj, "__dlpack_device__", None)
     if device is None or isinstance(obj, type):
         return None

@@ -109,6 +109,8 @@ def _contiguous_bytes(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.flags.c_contiguous:
+        if arr.ndim == 1:  # already flat: one view, not two
+            return arr.view(np.uint8), "C", False
         return arr.reshape(-1).view(np.uint8), "C", False
     if arr.flags.f_contiguous:
         return arr.T.reshape(-1).view(np.uint8), "F", False
