@@ -121,6 +121,25 @@ def test_shm_quick(tmp_path: Path) -> None:
         assert t["value"] is None or t["value"] > 0
 
 
+@pytest.mark.timeout(60)
+def test_call_floor_quick(tmp_path: Path) -> None:
+    out, prof = tmp_path / "floor.json", tmp_path / "floor.prof"
+    proc = _run("call_floor.py", "--quick", "--json", str(out), "--profile", str(prof))
+    assert "÷ pipe" in proc.stdout and "client_serialize" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "baseline", "round_trip", "ratios", "stages"} <= set(report)
+    rows = ("pipe", "doorbell", "tw_1KB", "tw_1MB_arena")
+    for key in rows:
+        _positive_median(report["round_trip"][key])
+    assert report["ratios"]["pipe"] == pytest.approx(1.0)
+    for key in rows[2:]:
+        assert report["stages"][key]["client_serialize"] > 0
+        assert report["stages"][key]["total"] > 0
+    if report["paths"]["tw_1MB_arena"]["message"] == "pipe":  # same host: zero-copy arena
+        assert report["paths"]["tw_1MB_arena"]["request"] == ["shm(zero-copy)"]
+    assert prof.stat().st_size > 0
+
+
 WIRE_TARGETS = 3  # tcp speedup (one per size), seed-workload error bound, shm "auto" not slower
 
 
