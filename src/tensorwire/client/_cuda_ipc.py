@@ -233,8 +233,6 @@ def ipc_results(value: Any, sent: list[Any],
                 open_result: Callable[[dict[str, Any]], Any] | None = None) -> Any:
     """A reply to a request with CUDA IPC arguments, as torch CUDA tensors. A reference with
     a handle ("h") is a result the server exported: `open_result` maps it."""
-    device = sent[0].device
-
     def restore(leaf: Any) -> Any:
         if isinstance(leaf, IpcRef):
             if "h" not in leaf.body:
@@ -248,13 +246,13 @@ def ipc_results(value: Any, sent: list[Any],
             from ..codec import from_numpy
 
             leaf = from_numpy(leaf, "torch")
-        return leaf.to(device) if isinstance(leaf, torch.Tensor) else leaf
+        return leaf.to(sent[0].device) if isinstance(leaf, torch.Tensor) else leaf
 
     return tree_map(restore, value, _is_result_tensor)
 
 
 def _is_result_tensor(value: Any) -> bool:
-    if isinstance(value, IpcRef | np.ndarray):
+    if isinstance(value, (IpcRef, np.ndarray)):  # a tuple: no union object built per call
         return True
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
@@ -279,6 +277,9 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
 
 
 def _ints(value: Any) -> list[int] | None:
-    ok = isinstance(value, list) and len(value) <= 64 and all(
-        type(v) is int and v >= 0 for v in value)
-    return value if ok else None
+    if not (isinstance(value, list) and len(value) <= 64):
+        return None
+    for v in value:  # a loop, not all() over a generator: half the cost for a short list
+        if type(v) is not int or v < 0:
+            return None
+    return value
