@@ -369,9 +369,9 @@ class ServerCore:
                 frames, keep = self._finish(run)
             except Exception as exc:
                 frames = self._failure(run.item, exc, run.obs)
+        self._reply(run.item, frames)  # first: what follows is bookkeeping
         if run.blocks is not None:
             run.blocks.end()  # arena blocks kernels got but the reply did not use
-        self._reply(run.item, frames)
         if keep is not None:  # for a retry; kept only now, while the client reads the reply
             keep[0].put(keep[1], frames)  # (one thread serves: no request can come between)
         obs = run.obs
