@@ -229,8 +229,9 @@ def test_handler_opens_arguments_and_answers_aliases(tmp_path: Path) -> None:
     client_memory = torch.arange(32, dtype=torch.float32)  # stands for the client's tensor
     session.ipc, session.ipc_refusal = _imports(tmp_path, client_memory), ""
 
-    def call(op: str, out: str = "local", **kw: Any) -> Any:
-        req = Request("call", 7, op, [IpcRef(0, wire())], kw, {"out": out} if out else {})
+    def call(op: str, out: str = "local", body: Any = None, **kw: Any) -> Any:
+        ref = IpcRef(0, body if body is not None else wire())
+        req = Request("call", 7, op, [ref], kw, {"out": out} if out else {})
         return handler.handle(req, session, 1)[0]
 
     synced: list[int] = []
@@ -241,6 +242,10 @@ def test_handler_opens_arguments_and_answers_aliases(tmp_path: Path) -> None:
     assert alias.body == {"dt": "float32", "off": 0, "sh": [8, 4], "st": [4, 1]}
     (t_alias,) = [call("transpose")]
     assert t_alias.body["st"] == [1, 8]
+    same = call("identity")  # the argument itself comes back: the same view, found faster
+    assert isinstance(same, IpcRef) and same.body == {**alias.body, "sh": [4, 8], "st": [8, 1]}
+    inner = call("identity", body=wire(off=2, sh=[3, 8]))  # 2 elements into the storage
+    assert inner.body == {"dt": "float32", "off": 8, "sh": [3, 8], "st": [8, 1]}
     negated = call("neg")
     assert isinstance(negated, np.ndarray) and negated[0, 1] == -1.0  # bytes, as for any call
     assert synced == [1]

@@ -124,11 +124,16 @@ class Handler:
             raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
         store = session.store
         ipc = IpcCall(req.rid, session.ipc, session.ipc_refusal, self.backend, session.exports)
-        args = tree_map(lambda v: self._native(v, store, ipc), req.args, _is_leaf)
-        kwargs = tree_map(lambda v: self._native(v, store, ipc), req.kwargs, _is_leaf)
+        def native(v: Any) -> Any:
+            return self._native(v, store, ipc)
+
+        args = tree_map(native, req.args, _is_leaf)
+        kwargs = tree_map(native, req.kwargs, _is_leaf) if req.kwargs else {}
         with outputs_into(_reply_arena(session) if out == "local" else None):
             result = self.registry.call_native(req.op, self.backend, args, kwargs)
             if out == "local":  # device results are copied straight into the reply's arena
+                if self.backend.is_tensor(result):  # the usual single result
+                    return ipc.to_reply(result)
                 return tree_map(ipc.to_reply, result, self.backend.is_tensor)
         return tree_map(lambda t: store.add(ipc.owned(t)), result, self.backend.is_tensor)
 
@@ -170,6 +175,8 @@ def _reply_arena(session: Session | None) -> Any:
 
 
 def _all_aliases(result: Any) -> bool:
+    if isinstance(result, IpcRef):  # the usual single result
+        return True
     leaves: list[Any] = []
     tree_map(leaves.append, result, lambda v: not isinstance(v, list | tuple | dict))
     return bool(leaves) and all(isinstance(v, IpcRef) for v in leaves)

@@ -195,12 +195,25 @@ class IpcCall:
     def _alias(self, value: Any) -> IpcRef | None:
         if not hasattr(value, "untyped_storage") or value.is_conj() or value.is_neg():
             return None  # not a torch tensor, or a lazy view the client would not see
+        for index, arg in self.opened:
+            if value is arg:  # the argument itself (identity): no storage objects to compare
+                return _view_ref(index, value, value.storage_offset() * value.element_size())
         storage = value.untyped_storage()
         for index, arg in self.opened:
             base = arg.untyped_storage()
             if storage.data_ptr() == base.data_ptr() and storage.device == base.device:
-                offset = value.data_ptr() - base.data_ptr()  # bytes into the client's storage
-                dtype = str(value.dtype).removeprefix("torch.")
-                return IpcRef(index, {"dt": dtype, "off": offset, "sh": list(value.shape),
-                                      "st": list(value.stride())})
+                # bytes into the client's storage
+                return _view_ref(index, value, value.data_ptr() - base.data_ptr())
         return None
+
+
+def _view_ref(index: int, value: Any, offset: int) -> IpcRef:
+    """A result that is a view of argument `index`'s memory, `offset` bytes into it."""
+    dtype = _DTYPE_NAMES.get(value.dtype)
+    if dtype is None:
+        dtype = _DTYPE_NAMES[value.dtype] = str(value.dtype).removeprefix("torch.")
+    return IpcRef(index, {"dt": dtype, "off": offset, "sh": list(value.shape),
+                          "st": list(value.stride())})
+
+
+_DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name on the wire
