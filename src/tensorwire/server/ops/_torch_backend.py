@@ -172,7 +172,7 @@ class TorchBackend(Backend):
         self._streams: dict[Any, Any] = {}  # pipelined: each client's (from torch's pool)
         self._events: list[Any] = []  # timing events, pooled across requests
         self._timer: DeviceTimer | None = None
-        self.async_h2d = False  # set by the first take_timings(): the caller fences requests
+        self.async_h2d = False  # set by the first fence(): the caller waits for each request
         # Narrowed arguments cross to the device narrow and are widened there: half the
         # bytes over PCIe, and no cast on the server's CPU.
         self.device_casts = self._cuda
