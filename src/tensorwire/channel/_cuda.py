@@ -458,13 +458,13 @@ def exportable(tensor: Any) -> tuple[Any, str]:
     Checks the tensor itself (cheap, per call); ``share_storage`` checks its memory."""
     import torch
 
-    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_cuda:
         raise CudaIpcRefused("only torch CUDA tensors can be sent by CUDA IPC")
     if tensor.layout != torch.strided or tensor.is_nested:
         raise CudaIpcRefused("only dense (strided) tensors can be sent by CUDA IPC")
     if tensor.requires_grad:
         tensor = tensor.detach()
-    dtype = str(tensor.dtype).removeprefix("torch.")
+    dtype = dtype_name(tensor.dtype)
     if dtype not in ITEMSIZE:
         raise CudaIpcRefused(f"dtype {dtype} cannot be sent by CUDA IPC")
     return tensor, dtype
@@ -501,6 +501,17 @@ def share_storage(tensor: Any) -> dict[str, Any]:
         "ro": int(ref_offset), "ev": bytes(event) if event_required else None,
         "pid": os.getpid(),
     }  # fmt: skip
+
+
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype's name ("float32"), looked up once per dtype."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
 
 
 def view_fields(tensor: Any, dtype: str) -> dict[str, Any]:

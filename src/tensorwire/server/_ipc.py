@@ -30,6 +30,7 @@ from ..channel._cuda import (
     CudaIpcRefused,
     IpcDescriptor,
     IpcImports,
+    dtype_name,
     exportable,
     release_slot,
     share_storage,
@@ -209,11 +210,5 @@ class IpcCall:
 
 def _view_ref(index: int, value: Any, offset: int) -> IpcRef:
     """A result that is a view of argument `index`'s memory, `offset` bytes into it."""
-    dtype = _DTYPE_NAMES.get(value.dtype)
-    if dtype is None:
-        dtype = _DTYPE_NAMES[value.dtype] = str(value.dtype).removeprefix("torch.")
-    return IpcRef(index, {"dt": dtype, "off": offset, "sh": list(value.shape),
-                          "st": list(value.stride())})
-
-
-_DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name on the wire
+    return IpcRef(index, {"dt": dtype_name(value.dtype), "off": offset,
+                          "sh": list(value.shape), "st": list(value.stride())})
