@@ -9,7 +9,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,26 @@ if HAVE_UCX:
 
 # Processes this test run started; only their segments (and ours) count as our leaks,
 # so other runs on the same machine cannot make the check flaky.
+def run_in_threads(fn: Callable[[int], None], n: int, timeout: float = 60.0
+                   ) -> list[BaseException]:
+    """Run fn(0), ..., fn(n - 1) in n threads at once; what they raised ([]: nothing)."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as exc:  # handed to the test, which shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a thread still ran after {timeout} s"
+    return errors
+
+
 OUR_PIDS: set[int] = {os.getpid()}
 
 

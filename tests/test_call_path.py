@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 import tensorwire as tw
+from conftest import run_in_threads
 from tensorwire.channel import pack_message, unpack_message
 from tensorwire.channel._pipe import MessagePipe, MessageReader
 from tensorwire.codec import _message as message
@@ -80,11 +80,7 @@ def test_threads_encode_at_once_without_mixing() -> None:
                     and out["kw"] == {"s": str(seed)}):  # fmt: skip
                 errors.append(f"thread {seed}, call {i}")
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    assert run_in_threads(run, 4, timeout=30) == []
     assert errors == []
 
 

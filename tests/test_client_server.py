@@ -112,11 +112,13 @@ def test_submit_timeout_fails_the_future():
             future.result(timeout=5)
 
 
-def test_submit_resends_after_silence_and_the_op_runs_once():
+@pytest.mark.parametrize("depth", [1, 4])
+def test_submit_resends_after_silence_and_the_op_runs_once(depth):
     """Lazy Pirate for futures: the first reply goes to a connection the pump has dropped
     (the op outlasts the first attempt's share of the timeout); the resend, on a new
-    connection, is answered from the server's reply cache."""
-    name, runs = "test_slow_first_count", []
+    connection, is answered from the server's reply cache; served one at a time or
+    pipelined (requests launched before the oldest replies)."""
+    name, runs = f"test_slow_first_count_{depth}", []
 
     @tw.register_op(name)
     def slow_first(x):
@@ -125,9 +127,13 @@ def test_submit_resends_after_silence_and_the_op_runs_once():
             time.sleep(1.2)
         return x + len(runs)
 
-    with tw.Server(backend="numpy") as srv, tw.Client(srv.url, timeout=3.0) as gpu:
+    with tw.Server(backend="numpy", pipeline_depth=depth) as srv, \
+            tw.Client(srv.url, timeout=3.0) as gpu:
         future = gpu.submit(name, np.zeros(2))  # resent after 1 s (3 s over 3 attempts)
+        others = [gpu.submit("neg", np.ones(2)) for _ in range(5)]
         np.testing.assert_array_equal(future.result(timeout=10), np.ones(2))
+        for other in others:
+            np.testing.assert_array_equal(other.result(timeout=10), -np.ones(2))
         assert runs == [1]  # executed once ...
         received = srv._core.metrics.requests  # ... though received twice (counted just
         deadline = time.monotonic() + 5  # after the reply went out: wait for the count)

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 import tensorwire as tw
+from conftest import run_in_threads
 from tensorwire.codec import PROTOCOL_VERSION, decode, encode
 
 DTYPES = [
@@ -99,23 +100,13 @@ def test_submit_many_in_flight(conn):
 
 
 def test_concurrent_clients_in_threads(conn):
-    errors: list[BaseException] = []
-
     def worker(seed: int) -> None:
-        try:
-            with conn.client() as gpu:
-                for i in range(30):
-                    x = np.full((100,), seed * 1000 + i, np.float64)
-                    np.testing.assert_array_equal(gpu.identity(x), x)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with conn.client() as gpu:
+            for i in range(30):
+                x = np.full((100,), seed * 1000 + i, np.float64)
+                np.testing.assert_array_equal(gpu.identity(x), x)
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    assert run_in_threads(worker, 6, timeout=30) == []
 
 
 def test_one_client_shared_by_threads(conn):

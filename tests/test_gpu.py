@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from _ipc_wire import PID, RC, descriptor
-from conftest import child_env
+from conftest import child_env, run_in_threads
 from tensorwire.channel import Arena, ServerChannel
 from tensorwire.channel import _cuda as cu
 from tensorwire.channel._cuda import (
@@ -755,31 +755,20 @@ def test_pipelined_requests_run_on_their_clients_streams() -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_pipelined_server_on_cuda(tmp_path: Path) -> None:
-    import threading
-
     import tensorwire as tw
 
-    errors: list[BaseException] = []
     with tw.Server(listen=f"ipc://{tmp_path}/tw.sock", backend="torch", device="cuda",
                    pipeline_depth=4) as server:
 
         def work(seed: int) -> None:
-            try:
-                rng = np.random.default_rng(seed)
-                with tw.Client(server.url, shm_size=256 << 20) as gpu:
-                    xs = [gpu.asarray(rng.standard_normal(1 << 20, dtype=np.float32))
-                          for _ in range(16)]
-                    futures = [gpu.submit("neg", x) for x in xs]
-                    for x, future in zip(xs, futures, strict=True):
-                        np.testing.assert_array_equal(future.result(timeout=60), -x)
-                    gpu.neg(xs[0])
-                    assert gpu.last_trace["device_to_host"] > 0
-            except BaseException as exc:
-                errors.append(exc)
+            rng = np.random.default_rng(seed)
+            with tw.Client(server.url, shm_size=256 << 20) as gpu:
+                xs = [gpu.asarray(rng.standard_normal(1 << 20, dtype=np.float32))
+                      for _ in range(16)]
+                futures = [gpu.submit("neg", x) for x in xs]
+                for x, future in zip(xs, futures, strict=True):
+                    np.testing.assert_array_equal(future.result(timeout=60), -x)
+                gpu.neg(xs[0])
+                assert gpu.last_trace["device_to_host"] > 0
 
-        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    assert errors == []
+        assert run_in_threads(work, 2, timeout=120) == []

@@ -2,8 +2,9 @@
 
 On the CPU nothing overlaps (a kernel has finished when its launch returns), so these
 tests check the bookkeeping a pipelined server adds: replies made after later requests
-were launched, each reply's own arena blocks, exactly-once retries, and sessions that end
-while requests run. The overlap itself, on CUDA streams, is checked in tests/test_gpu.py.
+were launched, each reply's own arena blocks, exactly-once retries (and
+tests/test_client_server.py's resend test, pipelined too), and sessions that end while
+requests run. The overlap itself, on CUDA streams, is checked in tests/test_gpu.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import tensorwire as tw
-from conftest import ServerProcess, child_env
+from conftest import ServerProcess, child_env, run_in_threads
 from tensorwire.codec import encode
 from tensorwire.server._core import _Incoming, _Running
 from tensorwire.server._metrics import Observation
@@ -62,7 +62,6 @@ def _burst(gpu: tw.Client, seed: int, n: int) -> list[tuple[Any, np.ndarray]]:
 def test_clients_in_threads_get_every_result(backend: str, depth: int) -> None:
     """Serial and pipelined alike: every result right, and each reply's unused or dropped
     blocks back in the arena once the clients let go of them."""
-    errors: list[BaseException] = []
     with tw.Server(backend=backend, device="cpu", pipeline_depth=depth) as server:
         core, launched_behind = server._core, []  # how many ran when each one launched
         launch = core._launch
@@ -70,24 +69,16 @@ def test_clients_in_threads_get_every_result(backend: str, depth: int) -> None:
                                      launch(item))[1]
 
         def work(seed: int) -> None:
-            try:
-                with tw.Client(server.url, require="shm", shm_size=32 << 20) as gpu:
-                    for rnd in range(3):
-                        sent = _burst(gpu, seed * 10 + rnd, 24)
-                        for future, want in sent:
-                            np.testing.assert_array_equal(future.result(timeout=30), want)
-                        del sent, future
-                    gpu.identity(np.ones(2))  # carries the last releases
-                    assert _arena_used(server, gpu) == 0
-            except BaseException as exc:  # reported below, with the thread's traceback
-                errors.append(exc)
+            with tw.Client(server.url, require="shm", shm_size=32 << 20) as gpu:
+                for rnd in range(3):
+                    sent = _burst(gpu, seed * 10 + rnd, 24)
+                    for future, want in sent:
+                        np.testing.assert_array_equal(future.result(timeout=30), want)
+                    del sent, future
+                gpu.identity(np.ones(2))  # carries the last releases
+                assert _arena_used(server, gpu) == 0
 
-        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert errors == []
+        assert run_in_threads(work, 3, timeout=120) == []
         assert not core._running  # every launched request was answered
         assert max(launched_behind) == depth - 1  # serial: none; pipelined: up to the depth
 
@@ -122,27 +113,6 @@ def test_resident_tensors_and_graphs_between_pipelined_calls() -> None:
             gpu.free(handle)
             for k, future in enumerate(calls):
                 np.testing.assert_array_equal(future.result(timeout=10), x + k)
-
-
-def test_retry_of_a_request_is_answered_once() -> None:
-    """Lazy Pirate on a pipelined server: the resend is answered from the reply cache."""
-    name, runs = "test_pipelined_slow_first", []
-
-    @tw.register_op(name)
-    def slow_first(x):
-        runs.append(1)
-        if len(runs) == 1:
-            time.sleep(1.2)
-        return x + len(runs)
-
-    with tw.Server(backend="numpy", pipeline_depth=DEPTH) as server, \
-            tw.Client(server.url, timeout=3.0) as gpu:
-        future = gpu.submit(name, np.zeros(2))  # resent after 1 s
-        others = [gpu.submit("neg", np.ones(2)) for _ in range(5)]
-        np.testing.assert_array_equal(future.result(timeout=10), np.ones(2))
-        assert runs == [1]
-        for other in others:
-            np.testing.assert_array_equal(other.result(timeout=10), -np.ones(2))
 
 
 def _incoming(meta: dict[str, Any]) -> _Incoming:
