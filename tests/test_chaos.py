@@ -43,7 +43,9 @@ def test_t2_restarted_server_no_client_hangs() -> None:
 
 @pytest.mark.timeout(60)
 def test_t3_client_that_never_reads_does_not_stall_others() -> None:
-    check(scenario("T3")(0.075))
+    # 400 calls per client: with 150 the p99 was the 3rd-worst call, and on a noisy
+    # 2-vCPU VM one suite run read 2.03x (the full-size run, `make chaos`, has 2,000).
+    check(scenario("T3")(0.2))
 
 
 @pytest.mark.timeout(60)
