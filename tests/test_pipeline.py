@@ -83,6 +83,25 @@ def test_clients_in_threads_get_every_result(backend: str, depth: int) -> None:
         assert max(launched_behind) == depth - 1  # serial: none; pipelined: up to the depth
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_zmq_clients_of_a_pipelined_server_process(transport: str, tmp_path: Path) -> None:
+    """Over ZeroMQ sockets (tcp, and ipc without shared memory): replies leave through the
+    socket of the connection each request came on, whatever was launched in between."""
+    url = "tcp://127.0.0.1:0" if transport == "tcp" else f"ipc://{tmp_path}/tw.sock"
+    server = ServerProcess([url], "--backend", "numpy", "--pipeline-depth", str(DEPTH))
+    try:
+        def work(seed: int) -> None:
+            with tw.Client(server.url, transport="zmq") as gpu:
+                for rnd in range(2):
+                    sent = _burst(gpu, seed * 10 + rnd, 16)
+                    for future, want in sent:
+                        np.testing.assert_array_equal(future.result(timeout=30), want)
+
+        assert run_in_threads(work, 3, timeout=120) == []
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_failing_call_fails_only_its_own_future() -> None:
     with tw.Server(backend="numpy", pipeline_depth=DEPTH) as server, \
             tw.Client(server.url) as gpu:
