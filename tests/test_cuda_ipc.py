@@ -296,6 +296,31 @@ def test_client_releases_storages_it_dropped() -> None:
     assert sender.take_released() is None
 
 
+def test_client_checks_a_bounded_number_of_storages_per_request() -> None:
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from tensorwire.client._cuda_ipc import RELEASE_SCAN
+
+    sender = IpcSender({"ipc": True})
+    tensors = [torch.ones(4) for _ in range(2 * RELEASE_SCAN + 8)]
+    for i, t in enumerate(tensors):
+        storage = t.untyped_storage()
+        sender._shared[storage._cdata] = _Shared(StorageWeakRef(storage),
+                                                 {"h": b"h", "so": i, "ss": 16}, 0.0)
+    kept = tensors[5]
+    del storage, t
+    tensors.clear()
+    gc.collect()
+    released = []
+    for _ in range(3):
+        got = sender.take_released() or []
+        assert len(got) <= RELEASE_SCAN  # never a scan of everything on one request
+        released += got
+    assert sorted(k[1] for k in released) == [i for i in range(2 * RELEASE_SCAN + 8) if i != 5]
+    assert sender.take_released() is None and len(sender._shared) == 1  # the one still held
+    del kept
+
+
 def test_client_shares_a_storage_once_then_again_when_idle(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import tensorwire.client._cuda_ipc as client_ipc

@@ -56,6 +56,7 @@ CUDA_RESULTS = ("copy", "map")
 # is sent again: the server's import of it may have expired (its lease: 30 s, renewed on
 # use), and reopening an import on a slot the old one already gave back would count it twice.
 RESHARE_AFTER_S = 10.0
+RELEASE_SCAN = 16  # shared storages checked for release per request
 
 
 class IpcSender:
@@ -148,12 +149,24 @@ class IpcSender:
         return acks
 
     def take_released(self) -> list[list[Any]] | None:
-        """Storages shared earlier and garbage-collected since: the server may drop them."""
-        if not self._shared:
+        """Storages shared earlier and garbage-collected since: the server may drop them.
+
+        Looks at RELEASE_SCAN of them per request, the longest unchecked first: a client
+        holding thousands of shared storages does not pay for all of them on every call,
+        and every one is looked at within a few requests."""
+        shared = self._shared
+        if not shared:
             return None
+        keys = []
         with self._lock:
-            gone = [k for k, shared in self._shared.items() if shared.ref.expired()]
-            keys = [_import_key(self._shared.pop(k).wire) for k in gone]
+            for _ in range(min(RELEASE_SCAN, len(shared))):
+                key, entry = next(iter(shared.items()))
+                if entry.ref.expired():
+                    del shared[key]
+                    keys.append(_import_key(entry.wire))
+                else:  # dicts keep insertion order: to the back of the line
+                    del shared[key]
+                    shared[key] = entry
         return keys or None
 
 
