@@ -124,6 +124,7 @@ class Handler:
             raise ProtocolError(f"request {req.rid}: out must be 'remote' or 'local', got {out!r}")
         store = session.store
         ipc = IpcCall(req.rid, session.ipc, session.ipc_refusal, self.backend, session.exports)
+
         def native(v: Any) -> Any:
             return self._native(v, store, ipc)
 
