@@ -432,7 +432,7 @@ def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int) -> None
                 h.endpoint("ipc", tmp, f"d{depth}"),
                 ["--backend", "torch", "--device", "cuda", "--pipeline-depth", str(depth)])
             _, url = stack.enter_context(h.child_server(argv, h.TW_READY, timeout=120))
-            clients[depth] = [stack.enter_context(tw.Client(url, shm_size=4 * calls * nbytes))
+            clients[depth] = [stack.enter_context(tw.Client(url, shm_size=2 * calls * nbytes))
                               for _ in range(PIPELINE_CLIENTS)]
         args = {d: [[gpu.asarray(x) for x in xs] for gpu in cs] for d, cs in clients.items()}
         seconds: dict[int, list[float]] = {d: [] for d in clients}
