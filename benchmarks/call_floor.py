@@ -8,12 +8,17 @@ Rows, all measured interleaved round robin in the same run (units: µs per round
 - tensorwire 1 KB: `identity` on a 1 KB float32 numpy array, default transport ("auto": a
   same-host ipc:// server, so the shared-memory channel with the message pipe).
 - tensorwire 1 MB arena: the same call with a 1 MB array from `client.empty` (zero-copy).
+- with --ipc-standin: a 1 MB torch tensor sent by CUDA IPC, its view coming back, where CPU
+  memory in a shared file stands in for CUDA memory (benchmarks/_ipc_standin.py): tensorwire's
+  own work on the CUDA IPC path, without a GPU. The stand-in server (torch backend on the
+  CPU) then serves every tensorwire row: one server, as without the flag.
 
 For the tensorwire rows, a second interleaved pass reads `client.last_trace` after each call
 (not timed) and prints the per-stage medians. `--profile FILE` writes a cProfile of the
 client's calls (pstats format) and prints its top entries.
 
     python benchmarks/call_floor.py [--reps 3000] [--quick] [--json FILE] [--profile FILE]
+                                    [--ipc-standin]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
+import _ipc_standin as standin  # noqa: E402
 import doorbell as bell  # noqa: E402
 
 SMALL = 1 << 10  # bytes
@@ -46,8 +52,9 @@ LABELS = {
     "doorbell": "1 B tensorwire Doorbell round trip",
     "tw_1KB": "tensorwire auto, 1 KB numpy identity",
     "tw_1MB_arena": "tensorwire auto, 1 MB client.empty identity",
+    "tw_ipc_standin": "tensorwire auto, 1 MB CUDA IPC identity (CPU stand-in)",
 }
-TW_ROWS = ("tw_1KB", "tw_1MB_arena")
+TW_ROWS = ("tw_1KB", "tw_1MB_arena", "tw_ipc_standin")
 STAGES = ("client_serialize", "send", "server_queue", "server_deserialize", "compute",
           "server_serialize", "receive", "client_deserialize", "total")  # fmt: skip
 
@@ -102,6 +109,34 @@ def tw_client(tmp: str) -> Iterator[Any]:
         yield client
 
 
+@contextlib.contextmanager
+def standin_client(tmp: str) -> Iterator[Any]:
+    """A client of the CUDA IPC stand-in server (benchmarks/_ipc_standin.py), and the tensor
+    it sends as CUDA memory."""
+    import tensorwire as tw
+
+    argv = [sys.executable, str(Path(standin.__file__)), h.endpoint("ipc", tmp, "standin"), tmp]
+    t = standin.shared_tensor(tmp, ARENA)
+    t.copy_(torch_arange(t.numel()))
+    with h.child_server(argv, h.TW_READY, timeout=60) as (proc, url), tw.Client(url) as client:
+        standin.install_client(proc.pid, client)
+        yield client, t
+
+
+def torch_arange(n: int) -> Any:
+    import torch
+
+    return torch.arange(n, dtype=torch.float32)
+
+
+def standin_fns(client: Any, t: Any) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+    back = client.call("identity", t)
+    if back.data_ptr() != t.data_ptr() or not bool((back == t).all()):
+        raise AssertionError("tw_ipc_standin: identity did not return a view of the argument")
+    return {"tw_ipc_standin": lambda: client.call("identity", t)}, {
+        "tw_ipc_standin": client.last_trace["paths"]}
+
+
 def tw_fns(client: Any) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
     small = np.random.default_rng(0).random(SMALL // 4, dtype=np.float32)
     shared = client.empty((ARENA // 4,), np.float32)
@@ -135,7 +170,8 @@ def profile_calls(fns: dict[str, Callable[[], object]], reps: int, path: str) ->
     prof = cProfile.Profile()
     for _ in range(reps):
         for name in TW_ROWS:
-            prof.runcall(fns[name])
+            if name in fns:
+                prof.runcall(fns[name])
     prof.dump_stats(path)
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
@@ -195,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke)")
     ap.add_argument("--json", metavar="FILE", help="write medians, ratios and stages here")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the client's calls")
+    ap.add_argument("--ipc-standin", action="store_true",
+                    help="add a CUDA IPC row with CPU memory standing in for CUDA (needs torch; "
+                    "see benchmarks/_ipc_standin.py)")
     args = ap.parse_args(argv)
     args.reps = args.reps or (100 if args.quick else 3000)
     args.trace_reps = args.trace_reps or (50 if args.quick else 1000)
@@ -209,10 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"call_floor.py needs tensorwire: {reason}", file=sys.stderr)
         return 2
     profile = None
-    with h.temp_dir() as tmp, floor_fns(tmp) as fns, tw_client(tmp) as client:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(h.temp_dir())
+        fns = stack.enter_context(floor_fns(tmp))
+        # With --ipc-standin one server (the stand-in's, torch on the CPU) serves every row:
+        # a second server spinning after its calls would take a vCPU from the others here.
+        if args.ipc_standin:
+            client, tensor = stack.enter_context(standin_client(tmp))
+        else:
+            client = stack.enter_context(tw_client(tmp))
         if client.path != "shm":
             print(f"warning: no shared memory: {client.shm_reason}", file=sys.stderr)
         tw, paths = tw_fns(client)
+        if args.ipc_standin:
+            more, more_paths = standin_fns(client, tensor)
+            tw.update(more)
+            paths.update(more_paths)
         fns.update(tw)
         stats = h.measure_interleaved(fns, {n: args.reps for n in fns}, warmup=50, block=10)
         stages = stage_medians(client, tw, args.trace_reps)
@@ -229,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         h.write_json(args.json, {
             "machine": machine,
             "config": {"reps": args.reps, "trace_reps": args.trace_reps, "block": 10,
-                       "small_bytes": SMALL, "arena_bytes": ARENA, "backend": "numpy"},
+                       "small_bytes": SMALL, "arena_bytes": ARENA,
+                       "backend": "torch (stand-in server)" if args.ipc_standin else "numpy",
+                       "ipc_standin": args.ipc_standin},
             "baseline": BASELINE,
             "round_trip": stats,
             "ratios": {n: s.median / base for n, s in stats.items()},

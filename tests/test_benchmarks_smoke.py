@@ -140,6 +140,20 @@ def test_call_floor_quick(tmp_path: Path) -> None:
     assert prof.stat().st_size > 0
 
 
+def test_call_floor_ipc_standin_quick(tmp_path: Path) -> None:
+    """The CUDA IPC row on CPU stand-ins: the argument's own view comes back by IPC."""
+    pytest.importorskip("torch")
+    out = tmp_path / "floor.json"
+    proc = _run("call_floor.py", "--quick", "--ipc-standin", "--json", str(out))
+    assert "CUDA IPC identity (CPU stand-in)" in proc.stdout
+    report = json.loads(out.read_text())
+    _positive_median(report["round_trip"]["tw_ipc_standin"])
+    assert report["paths"]["tw_ipc_standin"]["request"] == ["cuda_ipc"]
+    assert report["paths"]["tw_ipc_standin"]["reply"] == ["cuda_ipc"]  # an alias, no bytes
+    assert report["stages"]["tw_ipc_standin"]["compute"] > 0
+    assert report["config"]["ipc_standin"] is True
+
+
 WIRE_TARGETS = 3  # tcp speedup (one per size), seed-workload error bound, shm "auto" not slower
 
 
