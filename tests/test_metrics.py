@@ -84,6 +84,7 @@ def test_exposition_parses_back_with_cumulative_buckets(sessions):
     assert _value(samples, "tensorwire_resident_bytes", client=short_id(sid)) == 80
     assert _value(samples, "tensorwire_resident_tensors", client=short_id(sid)) == 1
     assert _value(samples, "tensorwire_sessions") == 1
+    assert _value(samples, "tensorwire_launched_behind_total") == 0  # served one at a time
     assert _value(samples, "tensorwire_uptime_seconds") >= 0
     assert _value(samples, "tensorwire_info", version="9", backend="numpy", device="") == 1
     assert sid not in text and sid[:16] not in text
@@ -182,6 +183,9 @@ def test_top_rates_and_latencies_come_from_successive_snapshots(sessions):
     compute = next(line for line in text.splitlines() if line.startswith("compute"))
     assert compute.split()[1:] == ["10", "2.00", "ms", "2.98", "ms", "2.00", "ms"]
     assert "(average)" in plain(view(second, None))
+    assert "launched behind" not in text  # a server that serves one request at a time
+    metrics.launched_behind = 7
+    assert "| 7 launched behind others" in plain(view(server_state(metrics, sessions), second))
 
 
 # -- a real server -----------------------------------------------------------------------

@@ -81,6 +81,10 @@ def test_clients_in_threads_get_every_result(backend: str, depth: int) -> None:
         assert run_in_threads(work, 3, timeout=120) == []
         assert not core._running  # every launched request was answered
         assert max(launched_behind) == depth - 1  # serial: none; pipelined: up to the depth
+        behind = sum(n > 0 for n in launched_behind)
+        assert core.metrics.launched_behind == behind and (behind > 0) == (depth > 1)
+        with tw.Client(server.url) as gpu:  # what `tensorwire top` and a scrape see
+            assert gpu._request("stats", "", (), {})["launched_behind"] == behind
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])

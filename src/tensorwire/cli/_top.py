@@ -103,6 +103,8 @@ def view(state: dict[str, Any], previous: dict[str, Any] | None) -> list[Table]:
         f"out {_bytes(_rate(state['bytes_out'], before['bytes_out'], dt))}/s | "
         f"errors {sum(state['errors'].values())}"
     )
+    if state.get("launched_behind"):  # a pipelined server (serve --pipeline-depth N)
+        summary += f" | {state['launched_behind']} launched behind others"
     return [("", [summary], []), _clients(state, before, dt), _stages(state, previous)]
 
 

@@ -325,8 +325,10 @@ class ServerCore:
             self._complete(self._launch(self._queue.popleft()))
             return
         while self._queue and len(running) < self.pipeline_depth:
-            if running and not self._overlappable(self._queue[0]):
-                break  # it waits until every running request has replied
+            if running:
+                if not self._overlappable(self._queue[0]):
+                    break  # it waits until every running request has replied
+                self.metrics.launched_behind += 1
             running.append(self._launch(self._queue.popleft()))
         if running:
             self._complete(running.popleft())

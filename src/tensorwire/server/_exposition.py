@@ -127,6 +127,13 @@ def render(state: dict[str, Any]) -> str:
     _family(out, "sessions", "gauge", "Open client sessions.", [("", {}, len(rows))])
     _family(
         out,
+        "launched_behind_total",
+        "counter",
+        "Requests launched while others still ran (serve --pipeline-depth above 1).",
+        [("", {}, state.get("launched_behind", 0))],
+    )
+    _family(
+        out,
         "uptime_seconds",
         "gauge",
         "Seconds since the server started.",

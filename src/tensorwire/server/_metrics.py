@@ -56,6 +56,7 @@ class Metrics:
         self.stages = {name: Histogram() for name in SERVER_STAGES}
         self._hists = list(self.stages.values())  # SERVER_STAGES order, as observations are
         self.per_client: dict[str, int] = defaultdict(int)
+        self.launched_behind = 0  # requests launched while others still ran (pipelined)
 
     def observe(self, obs: Observation) -> None:
         self.requests[(obs.kind, obs.op)] += 1
@@ -85,4 +86,5 @@ class Metrics:
                 for name, h in self.stages.items()
             },
             "per_client": dict(self.per_client),
+            "launched_behind": self.launched_behind,
         }
