@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -288,7 +288,18 @@ def _ints(d: dict[str, Any], key: str, lo: int) -> tuple[int, ...]:
 _MAX_INT = 1 << 62
 
 
-def _view_part(d: dict[str, Any]) -> dict[str, Any]:
+class View(NamedTuple):
+    """Where one tensor lies in a shared storage (offset in elements), and the producer's
+    event to wait on (b"": none)."""
+
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    event: bytes
+
+
+def _view_part(d: dict[str, Any]) -> View:
     """The per-tensor fields of a descriptor map, validated (not yet against the storage)."""
     dtype = d.get("dt")
     if dtype not in ITEMSIZE:
@@ -296,9 +307,19 @@ def _view_part(d: dict[str, Any]) -> dict[str, Any]:
     shape, strides = _ints(d, "sh", 0), _ints(d, "st", 0)
     if len(shape) != len(strides):
         raise CudaIpcRefused("CUDA IPC descriptor: shape and strides differ in length")
-    return {"offset": _int(d, "off", 0, 1 << 62), "dtype": dtype, "shape": shape,
-            "strides": strides,
-            "event": _bytes(d, "ev", CUDA_IPC_HANDLE_SIZE, CUDA_IPC_HANDLE_SIZE, optional=True)}
+    return View(_int(d, "off", 0, 1 << 62), dtype, shape, strides,
+                _bytes(d, "ev", CUDA_IPC_HANDLE_SIZE, CUDA_IPC_HANDLE_SIZE, optional=True))
+
+
+def _check_extent(view: View | IpcDescriptor, storage_size: int) -> None:
+    """The tensor's last element must lie inside the storage the client shared."""
+    last = view.offset
+    for n, st in zip(view.shape, view.strides, strict=True):
+        if n == 0:
+            return  # no elements: nothing to reach
+        last += (n - 1) * st
+    if (last + 1) * ITEMSIZE[view.dtype] > storage_size:
+        raise CudaIpcRefused("CUDA IPC descriptor: the tensor reaches past its storage")
 
 
 def check_handle(handle: bytes) -> None:
@@ -362,21 +383,18 @@ class IpcDescriptor:
             device=_int(d, "dev", 0, MAX_DEVICES - 1), uuid=uuid, handle=handle,
             storage_offset=_int(d, "so", 0, 1 << 62), storage_size=_int(d, "ss", 0, max_bytes),
             ref_counter=rc, ref_offset=_int(d, "ro", 0, REF_COUNTER_SLOTS - 1),
-            pid=_int(d, "pid", 1, (1 << 31) - 1), **_view_part(d),
+            pid=_int(d, "pid", 1, (1 << 31) - 1), **_view_part(d)._asdict(),
         )  # fmt: skip
-        desc._check_extent()
+        _check_extent(desc, desc.storage_size)
         desc._check_ref_counter_name()
         return desc
 
-    def with_view(self, d: dict[str, Any]) -> IpcDescriptor:
-        """This storage export with the (validated) view and event of another map."""
-        v = _view_part(d)  # positional, not dataclasses.replace: 3 us less per argument
-        desc = IpcDescriptor(self.device, self.uuid, self.handle, self.storage_offset,
-                             self.storage_size, v["offset"], v["dtype"], v["shape"],
-                             v["strides"], self.ref_counter, self.ref_offset, v["event"],
-                             self.pid)
-        desc._check_extent()
-        return desc
+    def view_of(self, d: dict[str, Any]) -> View:
+        """The (validated) view and event of another map on this same storage export: all
+        a storage seen before needs, without a whole descriptor (~3 us less per argument)."""
+        view = _view_part(d)
+        _check_extent(view, self.storage_size)
+        return view
 
     @property
     def key(self) -> tuple[bytes, int, int]:
@@ -389,16 +407,6 @@ class IpcDescriptor:
         for s in self.shape:
             n *= s
         return n * ITEMSIZE[self.dtype]
-
-    def _check_extent(self) -> None:
-        """The tensor's last element must lie inside the storage the client shared."""
-        last = self.offset
-        for n, st in zip(self.shape, self.strides, strict=True):
-            if n == 0:
-                return  # no elements: nothing to reach
-            last += (n - 1) * st
-        if (last + 1) * ITEMSIZE[self.dtype] > self.storage_size:
-            raise CudaIpcRefused("CUDA IPC descriptor: the tensor reaches past its storage")
 
     def _check_ref_counter_name(self) -> None:
         m = _REF_COUNTER_NAME.match(self.ref_counter)
@@ -764,10 +772,10 @@ class IpcImports:
         if seen is not None:
             entry = self.leases.get(seen.key)  # renewed; None once released or expired
             if entry is not None:
-                desc = seen.with_view(wire)  # the view alone is checked: the rest was
-                view = _view_like(entry.base, desc)
-                if desc.event:
-                    self._wait_event(desc.event, view, stream)
+                v = seen.view_of(wire)  # the view alone is checked: the rest was
+                view = view_on(entry.base, v.dtype, v.offset, v.shape, v.strides)
+                if v.event:
+                    self._wait_event(v.event, view, stream)
                 return view
         desc = IpcDescriptor.from_wire(wire, max_bytes=self.max_bytes)
         key = (desc.handle, desc.storage_offset, desc.storage_size)
