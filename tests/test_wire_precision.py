@@ -322,7 +322,8 @@ def test_a_device_backend_widens_call_arguments_itself():
     x = np.random.default_rng(6).standard_normal((256, 64)).astype(np.float32)
     w = np.random.default_rng(7).standard_normal((64, 8)).astype(np.float32)
     narrow = x.astype(ml_dtypes.bfloat16).astype(np.float32)
-    with tw.Server(listen=["tcp://127.0.0.1:0"], backend="torch", insecure=True) as server:
+    with tw.Server(listen=["tcp://127.0.0.1:0"], backend="torch", device="cpu",
+                   insecure=True) as server:
         backend = server._core.handler.backend
         assert backend.device_casts is False  # on the CPU the codec's pooled casts win
         backend.device_casts = True
@@ -368,7 +369,7 @@ def test_a_device_backend_narrows_results_itself(tmp_path):
     x = np.random.default_rng(8).standard_normal((128, 64)).astype(np.float32)
     narrow = _bf16(x)
     listen = ["tcp://127.0.0.1:0", f"ipc://{tmp_path}/tw.sock"]
-    with tw.Server(listen=listen, backend="torch", insecure=True) as server:
+    with tw.Server(listen=listen, backend="torch", device="cpu", insecure=True) as server:
         backend = server._core.handler.backend
         backend.device_casts = True
         made = []
