@@ -249,3 +249,16 @@ def test_any_pair_is_cast_exactly_or_refused_untouched(data, n, step, offset, fo
                 assert exact(out)
         else:
             assert np.array_equal(out.view(np.uint8), before.view(np.uint8))
+
+
+def test_casts_take_threads_earlier_on_machines_with_many_cpus(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for cpus, start in ((2, _native.PARALLEL_MIN_BYTES),
+                        (16, _native.PARALLEL_MIN_BYTES_MANY_CPUS)):
+        monkeypatch.setattr(_native, "_cpus", lambda cpus=cpus: cpus)
+        _native.parallel_min_bytes.cache_clear()
+        assert _native.parallel_min_bytes() == start
+        assert _native._threads_for(start) == min(_native.MAX_THREADS, cpus)
+        assert _native._threads_for(start - 1) == 1
+    monkeypatch.undo()
+    _native.parallel_min_bytes.cache_clear()

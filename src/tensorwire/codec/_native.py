@@ -4,7 +4,7 @@ Why not torch: after a parallel cast, torch's OpenMP workers keep spinning, and 
 machine they take the CPUs the transfer that follows needs. On the 2-vCPU test VM a 10 MB
 bfloat16 round trip over tcp took 9.2 ms with torch's casts and 4.8 ms with these
 (BENCHMARKS.md, issue 5), although torch's cast alone is a little faster below 32 MB. This
-kernel runs on the calling thread, or from PARALLEL_MIN_BYTES on threads that exit when
+kernel runs on the calling thread, or from `parallel_min_bytes()` on threads that exit when
 done, and writes with streaming stores (a tensor that size would only flush the cache).
 Without the library (no compiler at install, or a source tree used in place)
 `available()` is False and the casts go through torch or ml_dtypes; so with
@@ -29,7 +29,12 @@ import numpy as np
 ABI: Final = 2
 ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* value
 NATIVE_MIN_BYTES: Final = 1 << 20  # float32 bytes: from "auto"'s smallest cast up
-PARALLEL_MIN_BYTES: Final = 32 << 20  # below, one thread: starting threads costs ~45 us
+# From these float32 bytes a cast runs on threads. With few CPUs late: on the 2-vCPU VM the
+# threads took the CPU the transfer needed, below 32 MiB. With many, early: on the H200's
+# 16-core host a 10 MB cast on one thread took ~1 ms, twice per bf16 round trip (run 5).
+PARALLEL_MIN_BYTES: Final = 32 << 20
+PARALLEL_MIN_BYTES_MANY_CPUS: Final = 4 << 20
+MANY_CPUS: Final = 8
 MAX_THREADS: Final = 4  # memory-bound: more threads only queue on the same channels
 DISABLE_ENV: Final = "TENSORWIRE_NATIVE_CAST"  # "0": never load the kernel (comparisons)
 
@@ -94,14 +99,25 @@ def describe() -> str:
 
 
 @functools.cache
-def default_threads() -> int:
-    """Threads for a large cast (asked once: the affinity call is a syscall)."""
+def _cpus() -> int:
+    """CPUs this process may run on (asked once: the affinity call is a syscall)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(MAX_THREADS, cpus or 1))
+    return cpus or 1
+
+
+def default_threads() -> int:
+    """Threads for a large cast."""
+    return max(1, min(MAX_THREADS, _cpus()))
+
+
+@functools.cache
+def parallel_min_bytes() -> int:
+    """From how many float32 bytes a cast runs on threads, on this machine."""
+    return PARALLEL_MIN_BYTES_MANY_CPUS if _cpus() >= MANY_CPUS else PARALLEL_MIN_BYTES
 
 
 def _threads_for(float32_bytes: int) -> int:
-    return default_threads() if float32_bytes >= PARALLEL_MIN_BYTES else 1
+    return default_threads() if float32_bytes >= parallel_min_bytes() else 1
 
 
 def applies(src: np.ndarray, out: np.ndarray) -> bool:
