@@ -31,7 +31,8 @@ ISAS: Final = ("scalar", "avx2", "avx512")  # index = the kernel's TW_ISA_* valu
 NATIVE_MIN_BYTES: Final = 1 << 20  # float32 bytes: from "auto"'s smallest cast up
 # From these float32 bytes a cast runs on threads. With few CPUs late: on the 2-vCPU VM the
 # threads took the CPU the transfer needed, below 32 MiB. With many, early: on the H200's
-# 16-core host a 10 MB cast on one thread took ~1 ms, twice per bf16 round trip (run 5).
+# 16-core host a 10 MB cast took 0.52-0.59 ms on one thread and 0.19-0.25 ms on four, twice
+# per bf16 round trip; eight threads were no faster (BENCHMARKS.md, runs 6 and 7).
 PARALLEL_MIN_BYTES: Final = 32 << 20
 PARALLEL_MIN_BYTES_MANY_CPUS: Final = 4 << 20
 MANY_CPUS: Final = 8
