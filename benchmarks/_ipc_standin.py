@@ -43,12 +43,12 @@ def shared_tensor(directory: str, nbytes: int) -> Any:
 
 def install_client(server_pid: int, client: Any) -> None:
     """Let `client` send torch CPU tensors as if they were CUDA memory shared by IPC."""
-    from tensorwire.channel._cuda import dtype_name
     from tensorwire.client import _cuda_ipc as cipc
+    from tensorwire.codec import native_name
 
     torch = sys.modules["torch"]
     cipc._cuda_device = lambda obj: "cuda:0 (stand-in)" if isinstance(obj, torch.Tensor) else None
-    cipc.exportable = lambda t: (t, dtype_name(t.dtype))
+    cipc.exportable = lambda t: (t, native_name(t.dtype))
     cipc.share_storage = lambda t: storage_map(t.untyped_storage().nbytes())
     cipc.IpcSender.event_handle = lambda self, device: bytes(64)  # type: ignore[method-assign]
     client._ipc = cipc.IpcSender({"ipc": True, "pid": server_pid})

@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..codec import native_name
 from ..errors import ProtocolError
 from ._errors import ChannelError
 
@@ -472,7 +473,7 @@ def exportable(tensor: Any) -> tuple[Any, str]:
         raise CudaIpcRefused("only dense (strided) tensors can be sent by CUDA IPC")
     if tensor.requires_grad:
         tensor = tensor.detach()
-    dtype = dtype_name(tensor.dtype)
+    dtype = native_name(tensor.dtype)
     if dtype not in ITEMSIZE:
         raise CudaIpcRefused(f"dtype {dtype} cannot be sent by CUDA IPC")
     return tensor, dtype
@@ -509,17 +510,6 @@ def share_storage(tensor: Any) -> dict[str, Any]:
         "ro": int(ref_offset), "ev": bytes(event) if event_required else None,
         "pid": os.getpid(),
     }  # fmt: skip
-
-
-def dtype_name(dtype: Any) -> str:
-    """A torch dtype's name ("float32"), looked up once per dtype."""
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
-
-
-_DTYPE_NAMES: dict[Any, str] = {}
 
 
 def view_fields(tensor: Any, dtype: str) -> dict[str, Any]:
@@ -773,7 +763,7 @@ class IpcImports:
             entry = self.leases.get(seen.key)  # renewed; None once released or expired
             if entry is not None:
                 v = seen.view_of(wire)  # the view alone is checked: the rest was
-                view = view_on(entry.base, v.dtype, v.offset, v.shape, v.strides)
+                view = _view_like(entry.base, v)
                 if v.event:
                     self._wait_event(v.event, view, stream)
                 return view
@@ -864,7 +854,7 @@ class _Import:
     slots: set[tuple[str, int]]  # producer ref-counter slots accounted for
 
 
-def _view_like(base: Any, desc: IpcDescriptor) -> Any:
+def _view_like(base: Any, desc: View | IpcDescriptor) -> Any:
     """Another tensor on an already-opened storage (same handle and storage offset)."""
     return view_on(base, desc.dtype, desc.offset, desc.shape, desc.strides)
 

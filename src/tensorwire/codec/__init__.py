@@ -1,6 +1,6 @@
 """Codec: message headers (MessagePack) plus out-of-band tensor frames. Never pickle."""
 
-from ._dtypes import WIRE_DTYPES, dtype_name, wire_dtype
+from ._dtypes import WIRE_DTYPES, dtype_name, native_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, content_digest
 from ._ipc import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef
 from ._limits import DEFAULT_LIMITS, Limits
@@ -51,6 +51,7 @@ __all__ = [
     "encode_payload",
     "first_kind",
     "from_numpy",
+    "native_name",
     "peek_meta",
     "restore_kind",
     "tensor_kind",

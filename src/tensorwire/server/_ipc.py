@@ -30,13 +30,12 @@ from ..channel._cuda import (
     CudaIpcRefused,
     IpcDescriptor,
     IpcImports,
-    dtype_name,
     exportable,
     release_slot,
     share_storage,
     view_fields,
 )
-from ..codec import IpcRef
+from ..codec import IpcRef, native_name
 from ..errors import ProtocolError
 from .ops import Backend
 
@@ -210,5 +209,5 @@ class IpcCall:
 
 def _view_ref(index: int, value: Any, offset: int) -> IpcRef:
     """A result that is a view of argument `index`'s memory, `offset` bytes into it."""
-    return IpcRef(index, {"dt": dtype_name(value.dtype), "off": offset,
+    return IpcRef(index, {"dt": native_name(value.dtype), "off": offset,
                           "sh": list(value.shape), "st": list(value.stride())})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import difflib
-import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...codec import tree_map
+from ...codec import native_name, tree_map
 from ._backend import Backend
 from ._errors import OpArgumentError, OpError, OpFailed, UnknownOp
 from ._table import DTYPE_CATEGORIES, OPS, SIGNATURES, Kernel, dtype_allowed, plain_signature
@@ -46,13 +45,6 @@ def _leaves(value: Any, is_leaf: Callable[[Any], bool]) -> list[Any]:
     found: list[Any] = []
     tree_map(found.append, value, is_leaf)
     return found
-
-
-@functools.cache
-def _dtype_name(dtype: Any) -> str:
-    # numpy prints "float32"/"bfloat16", torch "torch.float32": the wire names either way.
-    # Cached: str(np.dtype) costs microseconds, a noticeable share of a small call.
-    return str(dtype).removeprefix("torch.")
 
 
 class OpRegistry:
@@ -191,7 +183,7 @@ def _check_dtypes(
 ) -> None:
     assert entry.dtypes is not None
     for tensor in _leaves(args, is_tensor) + (_leaves(kwargs, is_tensor) if kwargs else []):
-        dtype = _dtype_name(tensor.dtype)
+        dtype = native_name(tensor.dtype)
         if not dtype_allowed(entry.dtypes, dtype):
             allowed = ", ".join(sorted(DTYPE_CATEGORIES[entry.dtypes]))
             raise OpArgumentError(
