@@ -23,7 +23,8 @@ figures without a target, SKIP with the reason):
   pipeline       serial (--pipeline-depth 1) against pipelined (4) serving: two clients
                  each with 8 x 16 MB `neg`s of arena tensors in flight, rounds interleaved
                  between two servers; the ratio of round times, target > 1 (copies and
-                 kernels of different requests overlap), and every result checked
+                 kernels of different requests overlap), and every result checked after
+                 the clock stops
   ucx            SKIP with the reason: ucx:// is tested by tests/test_ucx.py, not timed here
 
 Without a CUDA device it prints "no CUDA device: nothing measured" and exits 2 (0 with
@@ -410,9 +411,13 @@ PIPELINE_DEPTH = 4
 PIPELINE_CLIENTS = 2
 
 
-def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int) -> None:
+def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int,
+                   device: str = "cuda") -> None:
     """Serial against pipelined serving, same requests: two clients, each with `calls`
-    `neg`s of an `nbytes` arena tensor in flight; two servers, rounds interleaved."""
+    `neg`s of an `nbytes` arena tensor in flight; two servers, rounds interleaved. Only the
+    requests are timed: results are checked after the clock stops (a 16 MB `-x` and compare
+    cost the clients more host time than the GPU spends on the request). `device="cpu"`
+    is a dry run of the row's code, where nothing can overlap."""
     try:
         import zmq  # noqa: F401
     except ImportError:
@@ -425,13 +430,15 @@ def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int) -> None
 
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal(nbytes // 4, dtype=np.float32) for _ in range(calls)]
+    expected = [-x for x in xs]
     with h.temp_dir() as tmp, contextlib.ExitStack() as stack:
         clients: dict[int, list[Any]] = {}
         for depth in (1, PIPELINE_DEPTH):
             argv = h.tensorwire_serve_argv(
                 h.endpoint("ipc", tmp, f"d{depth}"),
-                ["--backend", "torch", "--device", "cuda", "--pipeline-depth", str(depth)])
+                ["--backend", "torch", "--device", device, "--pipeline-depth", str(depth)])
             _, url = stack.enter_context(h.child_server(argv, h.TW_READY, timeout=120))
+            # Room for the arguments (c2s) and for every result held until checked (s2c).
             clients[depth] = [stack.enter_context(tw.Client(url, shm_size=2 * calls * nbytes))
                               for _ in range(PIPELINE_CLIENTS)]
         args = {d: [[gpu.asarray(x) for x in xs] for gpu in cs] for d, cs in clients.items()}
@@ -439,46 +446,64 @@ def check_pipeline(report: Report, nbytes: int, calls: int, rounds: int) -> None
         wrong = 0
         for r in range(rounds + 1):  # the first round warms both servers up
             for depth in clients:
-                took, bad = _pipelined_round(clients[depth], args[depth])
-                wrong += bad
+                took, results = _pipelined_round(clients[depth], args[depth])
+                wrong += sum(not np.array_equal(y, e) for ys in results
+                             for y, e in zip(ys, expected, strict=True))
+                del results  # their arena blocks go back with the next requests
                 if r:
                     seconds[depth].append(took)
+        traces = {d: _device_stages(cs[0].last_trace) for d, cs in clients.items()}
         # Evidence that the deep server did launch requests behind running ones.
         behind = clients[PIPELINE_DEPTH][0]._request("stats", "", (), {})["launched_behind"]
     serial = statistics.median(seconds[1])
     piped = statistics.median(seconds[PIPELINE_DEPTH])
     ratio = serial / piped
     report.details["pipeline"] = {"nbytes": nbytes, "calls": calls, "launched_behind": behind,
-                                  "clients": PIPELINE_CLIENTS, "seconds": seconds}
+                                  "clients": PIPELINE_CLIENTS, "device": device,
+                                  "seconds": seconds, "last_call_stages_s": traces}
     report.add("pipeline", f"{PIPELINE_CLIENTS} clients x {calls} x {nbytes >> 20} MB neg "
                f"in flight: depth {PIPELINE_DEPTH} vs 1", f"{ratio:.2f}x", "> 1.00x",
                "PASS" if ratio > 1.0 and behind > 0 and not wrong else "FAIL",
                f"round {_ms(piped)} vs {_ms(serial)}; launched behind others: {behind}; "
-               f"wrong results: {wrong}")
+               f"wrong results: {wrong}; a call's device stages (serial): "
+               + " ".join(f"{k}={_us(v)}" for k, v in traces[1].items()))
 
 
-def _pipelined_round(clients: list[Any], args: list[list[np.ndarray]]) -> tuple[float, int]:
+def _device_stages(trace: dict[str, Any]) -> dict[str, float]:
+    return {k: trace[k] for k in ("host_to_device", "device_compute", "device_to_host",
+                                  "total") if k in trace}
+
+
+def _pipelined_round(clients: list[Any],
+                     args: list[list[np.ndarray]]) -> tuple[float, list[list[Any]]]:
     """Every client submits all of its calls at once; seconds until the last result, and
-    how many results were wrong."""
+    the results (per client, in order)."""
     import threading
 
-    wrong, start = [0], threading.Barrier(len(clients) + 1)
+    start = threading.Barrier(len(clients) + 1)
+    results: list[list[Any]] = [[] for _ in clients]
+    errors: list[BaseException] = []
 
-    def work(gpu: Any, xs: list[np.ndarray]) -> None:
+    def work(gpu: Any, xs: list[np.ndarray], out: list[Any]) -> None:
         start.wait()
-        futures = [gpu.submit("neg", x) for x in xs]
-        for x, future in zip(xs, futures, strict=True):
-            wrong[0] += not np.array_equal(future.result(timeout=120), -x)
+        try:
+            futures = [gpu.submit("neg", x) for x in xs]
+            out.extend(future.result(timeout=120) for future in futures)
+        except Exception as exc:  # raised below, in the check's own thread
+            errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=pair) for pair in zip(clients, args,
-                                                                        strict=True)]
+    threads = [threading.Thread(target=work, args=job)
+               for job in zip(clients, args, results, strict=True)]
     for t in threads:
         t.start()
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0, wrong[0]
+    took = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return took, results
 
 
 # ------------------------------------------------------------------------------- main

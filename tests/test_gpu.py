@@ -417,6 +417,25 @@ def test_cuda_costs_bare_ping_pongs(tmp_path: Path) -> None:
     assert all(0 < v < 1e6 for v in rows.values())  # microseconds, from real round trips
 
 
+@pytest.mark.timeout(120)
+def test_gpu_check_pipeline_row_dry_run_on_the_cpu() -> None:
+    """The pipeline row's own code (two servers, two client threads, results checked after
+    the clock) runs against CPU servers; what it measures there is not overlap."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    report = gpu_check.Report()
+    gpu_check.check_pipeline(report, 1 << 20, 3, 2, device="cpu")
+    (row,) = report.rows
+    assert row["check"] == "pipeline" and "wrong results: 0" in row["note"], row
+    details = report.details["pipeline"]
+    assert details["device"] == "cpu" and details["launched_behind"] >= 0
+    assert all(len(times) == 2 and min(times) > 0 for times in details["seconds"].values())
+    assert float(row["value"].rstrip("x")) > 0
+
+
 def test_gpu_check_op_samples_cover_the_table() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
