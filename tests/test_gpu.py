@@ -773,6 +773,34 @@ def test_pipelined_requests_run_on_their_clients_streams() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
+def test_pipelined_read_of_a_shared_resident_keeps_its_memory_until_the_read_ends() -> None:
+    """A resident tensor made on client a's stream, read on client b's: once its last
+    reference goes while b's read is still queued, a's next allocation of that size must not
+    get its memory (torch's allocator would hand it back to a's stream at once)."""
+    from tensorwire.server._resident import ContentCache, Quotas, ResidentStore
+    from tensorwire.server.ops import make_backend
+
+    backend = make_backend("torch", "cuda")
+    backend.pipelined = True
+    store = ResidentStore(backend, ContentCache(), Quotas())
+    n = 1 << 20
+    backend.begin_request("a")
+    ref = store.add(torch.ones(n, device="cuda"))  # allocated on a's stream
+    freed_at = store.get(ref).data_ptr()
+    backend.begin_request("b")
+    torch.cuda._sleep(200_000_000)  # b's stream stays busy for a while (~0.1 s)
+    read = store.get(ref) * 2  # queued on b's stream behind the sleep
+    store.free([ref.hid])  # the last reference goes while that read waits
+    backend.begin_request("a")
+    reused = torch.empty(n, device="cuda")  # a's stream, same size
+    assert reused.data_ptr() != freed_at
+    torch.cuda.synchronize()
+    assert torch.equal(read, torch.full((n,), 2.0, device="cuda"))
+    backend.fence().wait()
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_pipelined_server_on_cuda(tmp_path: Path) -> None:
     import tensorwire as tw
 

@@ -120,7 +120,7 @@ class ResidentStore:
         entry = self._tensors.get(ref.hid)
         if entry is None:
             raise UnknownHandle(f"unknown tensor handle {ref.hid}: freed, expired, or not yours")
-        return entry.tensor
+        return self.backend.shared_use(entry.tensor)  # read by the running request
 
     def free(self, hids: Any) -> None:
         if not isinstance(hids, list):

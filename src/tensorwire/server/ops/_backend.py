@@ -70,6 +70,12 @@ class Backend(ABC):
         """The device work of the request that just ran, to wait for before replying."""
         return NO_FENCE
 
+    def shared_use(self, tensor: Any) -> Any:
+        """`tensor` (kept between requests, maybe made on another client's stream) is read by
+        the running request: a pipelined device backend tells its allocator, so its memory
+        is not reused before this request's stream is past it. Returns `tensor`."""
+        return tensor
+
     def forget_client(self, client: Any) -> None:  # noqa: B027 (optional hook)
         """The client's session ended (no request of it is in flight): drop its stream."""
 

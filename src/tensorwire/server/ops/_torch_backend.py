@@ -227,6 +227,14 @@ class TorchBackend(Backend):
         self._timer = DeviceTimer(self._current, self._events)  # the next request's
         return timer
 
+    def shared_use(self, tensor: Any) -> Any:
+        # torch's caching allocator hands a freed block back to the stream it was made on at
+        # once; a read queued on another stream must be recorded, or a free of the last
+        # reference (a later request's "fh") lets that stream overwrite it mid-read.
+        if self.pipelined and isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+            tensor.record_stream(self._current)  # nothing when it is the tensor's own stream
+        return tensor
+
     def forget_client(self, client: Any) -> None:
         self._streams.pop(client, None)
 
