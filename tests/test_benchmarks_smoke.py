@@ -140,6 +140,25 @@ def test_call_floor_quick(tmp_path: Path) -> None:
     assert prof.stat().st_size > 0
 
 
+@pytest.mark.timeout(60)
+def test_cast_threads_quick(tmp_path: Path) -> None:
+    """Pooled against per-cast threads: both children ran every size and thread count."""
+    from tensorwire.codec import _native
+
+    if not _native.available():  # make test requires it (TENSORWIRE_REQUIRE_NATIVE=1)
+        pytest.skip("the native cast kernel was not built")
+    out = tmp_path / "casts.json"
+    proc = _run("cast_threads.py", "--quick", "--sizes", "1MB", "--threads", "1,3",
+                "--json", str(out))
+    assert "started / pooled" in proc.stdout
+    report = json.loads(out.read_text())
+    assert [(r["nbytes"], r["threads"]) for r in report["rows"]] == [(1 << 20, 1), (1 << 20, 3)]
+    for row in report["rows"]:
+        assert row["pooled_s"] > 0 and row["started_s"] > 0
+        assert row["started_over_pooled"] == pytest.approx(row["started_s"] / row["pooled_s"])
+    assert [len(runs) for runs in report["runs"].values()] == [2, 2]
+
+
 def test_call_floor_ipc_standin_quick(tmp_path: Path) -> None:
     """The CUDA IPC row on CPU stand-ins: the argument's own view comes back by IPC."""
     pytest.importorskip("torch")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import child_env
+from conftest import child_env, run_in_threads
 from tensorwire.codec import _native, from_wire, to_wire
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -187,6 +187,59 @@ def test_to_wire_uses_it_and_agrees_with_ml_dtypes() -> None:
     assert np.array_equal(split.view(np.uint16), reference_narrow(huge))
     assert np.array_equal(from_wire(split, "float32").view(np.uint32),
                           split.view(np.uint16).astype(np.uint32) << 16)
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_pooled_threads_serve_concurrent_callers_exactly() -> None:
+    """Casts on the kernel's pooled threads from four Python threads at once: one has the
+    pool, the others start threads of their own; every result exact, every time."""
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal(50_000 + 77 * i) * 1e3).astype(np.float32) for i in range(4)]
+    wants = [reference_narrow(x) for x in xs]
+
+    def work(i: int) -> None:
+        for _ in range(200):
+            out = np.empty(xs[i].size, BF16)
+            assert _native.cast(xs[i], out, threads=4)
+            assert np.array_equal(out.view(np.uint16), wants[i])
+            back = np.empty(xs[i].size, np.float32)
+            assert _native.cast(out, back, threads=3)
+            assert np.array_equal(back, out.astype(np.float32))
+
+    assert run_in_threads(work, 4, timeout=50) == []
+
+
+@needs_kernel
+def test_a_forked_child_casts_on_threads_of_its_own() -> None:
+    """The pool's threads do not exist in a child made by fork: the child must not wait for
+    them (a hang fails the test by its timeout), and its casts stay exact."""
+    code = (
+        "import os, numpy as np, ml_dtypes\n"
+        "from tensorwire.codec import _native\n"
+        "x = np.linspace(-9, 9, 100_003, dtype=np.float32)\n"
+        "want = x.astype(ml_dtypes.bfloat16)\n"
+        "def check():\n"
+        "    out = np.empty(x.size, ml_dtypes.bfloat16)\n"
+        "    assert _native.cast(x, out, threads=4)\n"
+        "    assert np.array_equal(out.view(np.uint16), want.view(np.uint16))\n"
+        "check()  # the parent's pool now has its threads\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    code = 1\n"
+        "    try:\n"
+        "        check(); check()\n"
+        "        code = 0\n"
+        "    finally:  # an AssertionError is printed on the way out\n"
+        "        os._exit(code)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "check()\n"
+        "print('child exit', os.waitstatus_to_exitcode(status))\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=child_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "child exit 0" in proc.stdout
 
 
 def test_environment_switch_turns_it_off() -> None:

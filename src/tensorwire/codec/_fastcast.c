@@ -2,10 +2,11 @@
  *
  * Why not torch (codec/_native.py has the measurements): torch's OpenMP workers keep
  * spinning after a parallel cast and take CPUs from the transfer that follows; this kernel
- * runs on the caller's thread, or on threads that exit when done. And a large cast is bound
- * by memory traffic: cached stores first read each output line (read-for-ownership), so
- * narrowing moves 200 MB for 150 MB of data and widening 250 MB for 150 MB. Non-temporal
- * (streaming) stores skip that: 100 MB casts 1.2-1.3x faster than torch's on the test VM.
+ * runs on the caller's thread, or on pooled threads asleep between casts. And a large cast
+ * is bound by memory traffic: cached stores first read each output line (read-for-
+ * ownership), so narrowing moves 200 MB for 150 MB of data and widening 250 MB for 150 MB.
+ * Non-temporal (streaming) stores skip that: 100 MB casts 1.2-1.3x faster than torch's on
+ * the test VM.
  *
  * Rounding is round-to-nearest-even everywhere, subnormals included. bfloat16 is rounded in
  * integer arithmetic, not with AVX512-BF16's vcvtne2ps2bf16, which treats subnormal inputs
@@ -15,9 +16,12 @@
  * Callers (codec/_native.py) check contiguity, sizes and dtypes; this file trusts them.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -227,6 +231,144 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+/* ---------------------------------------------------------------- the worker pool */
+
+/* Starting three threads for a cast and joining them took ~80 us on the 2-vCPU VM; waking
+ * three pooled ones and waiting for them ~18 us (twice per bfloat16 round trip). Workers sleep
+ * on a condition variable between casts: nothing spins. One caller uses the pool at a time;
+ * another caller meanwhile, or a forked child (whose copy of the pool has no threads), starts
+ * threads of its own as before. */
+typedef struct {
+    pid_t pid;              /* the process whose threads these are */
+    pthread_mutex_t busy;   /* held by the caller using the pool */
+    pthread_mutex_t lock;   /* guards what follows */
+    pthread_cond_t go, done;
+    unsigned long generation; /* one per cast handed out */
+    int workers;            /* worker k (1..workers) runs jobs[k] when k < njobs */
+    int njobs, pending;
+    job_t jobs[TW_MAX_THREADS];
+} pool_t;
+
+typedef struct {
+    pool_t *pool;
+    int index;
+    unsigned long seen; /* the generation when it was made: it waits for the next */
+} worker_t;
+
+static pool_t *the_pool;
+static pthread_mutex_t making = PTHREAD_MUTEX_INITIALIZER;
+
+static void *pool_main(void *arg) {
+    worker_t me = *(worker_t *)arg;
+    free(arg);
+    pool_t *p = me.pool;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->generation == me.seen) pthread_cond_wait(&p->go, &p->lock);
+        me.seen = p->generation;
+        if (me.index >= p->njobs) continue;
+        job_t job = p->jobs[me.index];
+        pthread_mutex_unlock(&p->lock);
+        thread_main(&job);
+        pthread_mutex_lock(&p->lock);
+        if (--p->pending == 0) pthread_cond_signal(&p->done);
+    }
+    return NULL;
+}
+
+/* TENSORWIRE_CAST_POOL=0: every parallel cast starts threads of its own (comparisons). */
+static int pool_off(void) {
+    static int off = -1; /* asked once; a race only asks twice */
+    if (off < 0) {
+        const char *v = getenv("TENSORWIRE_CAST_POOL");
+        off = v != NULL && strcmp(v, "0") == 0;
+    }
+    return off;
+}
+
+static pool_t *pool_get(void) {
+    if (pool_off()) return NULL;
+    pid_t pid = getpid();
+    pool_t *p = __atomic_load_n(&the_pool, __ATOMIC_ACQUIRE);
+    if (p != NULL && p->pid == pid) return p;
+    if (pthread_mutex_trylock(&making) != 0) return NULL; /* (held across a fork: never) */
+    p = the_pool;
+    if (p == NULL || p->pid != pid) {
+        p = calloc(1, sizeof *p); /* a forked child's old pool is left as it is */
+        if (p != NULL) {
+            p->pid = pid;
+            pthread_mutex_init(&p->busy, NULL);
+            pthread_mutex_init(&p->lock, NULL);
+            pthread_cond_init(&p->go, NULL);
+            pthread_cond_init(&p->done, NULL);
+            __atomic_store_n(&the_pool, p, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&making);
+    return p;
+}
+
+/* One more worker (the caller holds p->busy); 0 on success. Signals stay with the
+ * interpreter's threads: the worker blocks them all. */
+static int pool_grow(pool_t *p) {
+    worker_t *arg = malloc(sizeof *arg);
+    if (arg == NULL) return -1;
+    pthread_mutex_lock(&p->lock);
+    *arg = (worker_t){p, p->workers + 1, p->generation};
+    pthread_mutex_unlock(&p->lock);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid;
+    int rc = pthread_create(&tid, NULL, pool_main, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        free(arg);
+        return -1;
+    }
+    pthread_detach(tid);
+    p->workers++; /* only the busy holder reads or writes it outside the lock */
+    return 0;
+}
+
+/* Runs jobs[0] here and jobs[1..used-1] on pooled workers; -1 (nothing run) when the pool
+ * cannot take them now. */
+static int pool_run(const job_t *jobs, int used) {
+    pool_t *p = pool_get();
+    if (p == NULL || pthread_mutex_trylock(&p->busy) != 0) return -1;
+    while (p->workers < used - 1 && pool_grow(p) == 0) {
+    }
+    if (p->workers < used - 1) {
+        pthread_mutex_unlock(&p->busy);
+        return -1;
+    }
+    pthread_mutex_lock(&p->lock);
+    memcpy(p->jobs, jobs, (size_t)used * sizeof *jobs);
+    p->njobs = used;
+    p->pending = used - 1;
+    p->generation++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->lock);
+    thread_main((void *)&jobs[0]);
+    pthread_mutex_lock(&p->lock);
+    while (p->pending > 0) pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(&p->busy);
+    return 0;
+}
+
+/* Threads started for this cast alone, joined before returning. */
+static void spawn_run(const job_t *jobs, int used) {
+    pthread_t tids[TW_MAX_THREADS];
+    int started = 1; /* jobs[0] runs on this thread */
+    for (; started < used; started++)
+        if (pthread_create(&tids[started], NULL, thread_main, (void *)&jobs[started]) != 0)
+            break;
+    for (int k = started; k < used; k++) thread_main((void *)&jobs[k]); /* no thread to be had */
+    thread_main((void *)&jobs[0]);
+    for (int k = 1; k < started; k++) pthread_join(tids[k], NULL);
+}
+
 /* Cast n elements of `kind` (TW_NARROW_BF16, ...), split over up to `threads` threads (the
  * caller's thread is one of them). Returns 0, or -1 for an argument this build cannot
  * serve (the caller then casts another way). */
@@ -244,18 +386,15 @@ TW_EXPORT int tw_fastcast(const void *src, void *dst, size_t n, int kind, int th
     size_t share = (n + (size_t)threads - 1) / (size_t)threads; /* rounded up: covers n */
     size_t chunk = (share + per_line - 1) / per_line * per_line;
     job_t jobs[TW_MAX_THREADS];
-    pthread_t tids[TW_MAX_THREADS];
     int used = 0;
     for (size_t start = 0; start < n && used < threads; start += chunk, used++) {
         size_t len = n - start < chunk ? n - start : chunk;
         jobs[used] = (job_t){CASTS[kind][isa], (const char *)src + start * in_size,
                              (char *)dst + start * out_size, len, stream};
     }
-    int started = 1; /* jobs[0] runs on this thread */
-    for (; started < used; started++)
-        if (pthread_create(&tids[started], NULL, thread_main, &jobs[started]) != 0) break;
-    for (int k = started; k < used; k++) thread_main(&jobs[k]); /* no thread to be had */
-    thread_main(&jobs[0]);
-    for (int k = 1; k < started; k++) pthread_join(tids[k], NULL);
+    if (used == 1)
+        thread_main(&jobs[0]);
+    else if (pool_run(jobs, used) != 0)
+        spawn_run(jobs, used);
     return 0;
 }

@@ -4,8 +4,9 @@ Why not torch: after a parallel cast, torch's OpenMP workers keep spinning, and 
 machine they take the CPUs the transfer that follows needs. On the 2-vCPU test VM a 10 MB
 bfloat16 round trip over tcp took 9.2 ms with torch's casts and 4.8 ms with these
 (BENCHMARKS.md, issue 5), although torch's cast alone is a little faster below 32 MB. This
-kernel runs on the calling thread, or from `parallel_min_bytes()` on threads that exit when
-done, and writes with streaming stores (a tensor that size would only flush the cache).
+kernel runs on the calling thread, or from `parallel_min_bytes()` on pooled threads that
+sleep (never spin) between casts (TENSORWIRE_CAST_POOL=0: threads started per cast, as
+before), and writes with streaming stores (a tensor that size would only flush the cache).
 Without the library (no compiler at install, or a source tree used in place)
 `available()` is False and the casts go through torch or ml_dtypes; so with
 TENSORWIRE_NATIVE_CAST=0 in the environment.
