@@ -1,7 +1,8 @@
 #!/bin/bash
 # The device check as one prepared run on a lent GPU machine (as used for BENCHMARKS.md):
-# the environment, benchmarks/gpu_check.py, the GPU tests, benchmarks/cuda_costs.py, then the
-# whole suite while the time budget lasts. Everything lands in $OUT (default gpu-results/).
+# the environment, benchmarks/gpu_check.py, the GPU tests, benchmarks/cuda_costs.py and
+# cast_threads.py, then the whole suite while the time budget lasts. Everything lands in
+# $OUT (default gpu-results/).
 #
 #   OUT=gpu-results BUDGET=400 FULL=1 BENCH=0 bash benchmarks/gpu_session.sh
 #
@@ -39,6 +40,9 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 90 -rs -W ignore 
 echo "=== costs left=$(left)"
 timeout 90 python3 benchmarks/cuda_costs.py --json "$OUT/cuda_costs.json" \
   --profile "$OUT/server_ipc.prof" 2>&1 | tee "$OUT/costs.log"
+echo "=== cast threads left=$(left)"  # the cast pool on a many-CPU host, and whether 8 pay
+timeout 60 python3 benchmarks/cast_threads.py --sizes 4MB,10MB --threads 1,4,8 --rounds 4 \
+  --reps 100 --json "$OUT/cast_threads.json" 2>&1 | tee "$OUT/cast_threads.log" | tail -9
 if python3 -c "import ucxx" 2>/dev/null; then
   echo "=== ucx tests left=$(left)"
   timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 60 -rs -W ignore \
