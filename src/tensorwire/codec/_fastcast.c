@@ -291,7 +291,8 @@ static pool_t *pool_get(void) {
     pid_t pid = getpid();
     pool_t *p = __atomic_load_n(&the_pool, __ATOMIC_ACQUIRE);
     if (p != NULL && p->pid == pid) return p;
-    if (pthread_mutex_trylock(&making) != 0) return NULL; /* (held across a fork: never) */
+    /* a child forked while another thread held it finds it locked for good: no pool there */
+    if (pthread_mutex_trylock(&making) != 0) return NULL;
     p = the_pool;
     if (p == NULL || p->pid != pid) {
         p = calloc(1, sizeof *p); /* a forked child's old pool is left as it is */
