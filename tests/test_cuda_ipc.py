@@ -389,6 +389,22 @@ def test_client_checks_aliases(body: dict[str, Any], message: str) -> None:
         ipc_results(IpcRef(1, body), [torch.zeros(32)])
 
 
+def test_alias_of_the_argument_itself_is_a_new_tensor_on_it() -> None:
+    """The usual reply (identity) describes the argument exactly: rebuilt without bounds
+    checks, as a new tensor on the same memory; any other view gets every check."""
+    arg = torch.arange(40, dtype=torch.float32)[8:].view(4, 8).t()  # offset, non-contiguous
+    body = {"dt": "float32", "off": 32, "sh": [8, 4], "st": [1, 8]}
+    got = ipc_results(IpcRef(0, body), [arg])
+    assert got is not arg and got.data_ptr() == arg.data_ptr() and not got.requires_grad
+    assert got.shape == arg.shape and got.stride() == arg.stride() and torch.equal(got, arg)
+    arg[0, 0] = -1.0
+    assert got[0, 0] == -1.0
+    as_int = ipc_results(IpcRef(0, {**body, "dt": "int32"}), [arg])
+    assert as_int.dtype == torch.int32 and as_int.data_ptr() == arg.data_ptr()
+    with pytest.raises(ProtocolError, match="past the argument"):
+        ipc_results(IpcRef(0, {**body, "off": 36}), [arg])
+
+
 # ------------------------------------------------------------ exported results (CPU stand-ins)
 
 

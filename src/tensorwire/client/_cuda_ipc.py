@@ -45,7 +45,7 @@ from ..channel._cuda import (
     view_fields,
     view_on,
 )
-from ..codec import IpcRef, tree_map
+from ..codec import IpcRef, native_name, tree_map
 from ..errors import ProtocolError
 
 KDL_CUDA, KDL_CUDA_MANAGED = 2, 13  # DLPack device types of CUDA memory
@@ -276,17 +276,30 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     body = ref.body
     if not 0 <= ref.index < len(sent):
         raise ProtocolError(f"reply aliases CUDA argument {ref.index}; {len(sent)} were sent")
+    base = sent[ref.index]
+    if _is_argument(body, base):
+        # The argument as sent (identity, the usual case): our own tensor is the bounds
+        # check. detach() is torch's cheapest new tensor on the same memory and view, and
+        # is exact here: a sent tensor never requires grad (exportable detached it).
+        return base.detach()
     dtype, offset = body.get("dt"), body.get("off")
     shape, strides = _ints(body.get("sh")), _ints(body.get("st"))
     if dtype not in ITEMSIZE or type(offset) is not int or offset < 0 or shape is None or (
             strides is None or len(shape) != len(strides)):
         raise ProtocolError("malformed CUDA IPC alias in the reply")
-    base = sent[ref.index]
     size, itemsize = base.untyped_storage().nbytes(), ITEMSIZE[dtype]
     last = offset // itemsize + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
     if offset % itemsize or (0 not in shape and (last + 1) * itemsize > size):
         raise ProtocolError("CUDA IPC alias in the reply reaches past the argument's storage")
     return view_on(base, dtype, offset // itemsize, shape, strides)
+
+
+def _is_argument(body: dict[str, Any], base: Any) -> bool:
+    """Whether an alias describes `base` itself: same dtype, byte offset, shape and strides.
+    Equal values only: nothing of the body is used when it does."""
+    return (body.get("sh") == list(base.shape) and body.get("st") == list(base.stride())
+            and body.get("off") == base.storage_offset() * base.element_size()
+            and body.get("dt") == native_name(base.dtype))
 
 
 def _ints(value: Any) -> list[int] | None:
