@@ -554,6 +554,21 @@ def test_sessions_export_only_where_ipc_is_accepted() -> None:
     assert session is not None and session.exports is None
 
 
+def test_a_storage_sent_again_is_a_new_tensor_each_time(tmp_path: Path) -> None:
+    """The tensor first opened, sent again, is a new tensor on the same memory and view: an
+    op that changes its argument's view in place changes nothing for later requests."""
+    client_memory = torch.arange(64, dtype=torch.float32)
+    imports = _imports(tmp_path, client_memory)
+    first = imports.open(wire(ss=256, sh=[8, 8], st=[8, 1]))
+    again = imports.open(wire(ss=256, sh=[8, 8], st=[8, 1]))
+    assert again is not first and again.data_ptr() == first.data_ptr()
+    assert again.shape == (8, 8) and again.stride() == (8, 1)
+    again.t_()
+    first.t_()
+    assert imports.open(wire(ss=256, sh=[8, 8], st=[8, 1])).stride() == (8, 1)
+    assert imports.open(wire(ss=256, off=8, sh=[8], st=[1])).tolist() == list(range(8, 16))
+
+
 def test_aliases_in_another_dtype_share_the_memory(tmp_path: Path) -> None:
     """A view in the argument's dtype is made with as_strided, one in another dtype (a custom
     op's .view(torch.int32), say) on the storage itself: both alias the same memory, on the

@@ -763,7 +763,7 @@ class IpcImports:
             entry = self.leases.get(seen.key)  # renewed; None once released or expired
             if entry is not None:
                 v = seen.view_of(wire)  # the view alone is checked: the rest was
-                view = _view_like(entry.base, v)
+                view = entry.view(v)
                 if v.event:
                     self._wait_event(v.event, view, stream)
                 return view
@@ -776,8 +776,8 @@ class IpcImports:
                 self.leases.reap()  # expired imports make room before "too many" is said
             base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
                               stream=stream, wait_event=False)
-            self.leases.add(key, _Import(base, {slot}))  # the storage's deleter frees slot
-            view = base
+            self.leases.add(key, _Import(base, {slot}, _where(base)))  # its deleter frees slot
+            view = base.detach()  # base itself is never handed out: its view stays as opened
         else:
             # Already open. A fresh export of the same memory took a new ref-counter slot in
             # the producer: release it at once (torch's own rebuild does the same on a cache
@@ -786,7 +786,7 @@ class IpcImports:
             if slot not in entry.slots:
                 entry.slots.add(slot)
                 self._release_slot(desc, entry.base)
-            view = _view_like(entry.base, desc)
+            view = entry.view(desc)
         if len(self._seen) >= self.leases.max_leases:
             self._seen.clear()
         self._seen[fields] = desc
@@ -852,11 +852,20 @@ _HASHABLE = frozenset({int, str, bytes})
 class _Import:
     base: Any  # the tensor first opened on the storage
     slots: set[tuple[str, int]]  # producer ref-counter slots accounted for
+    where: tuple[Any, ...] | None = None  # base's own view, as _where gives it
+
+    def view(self, v: View | IpcDescriptor) -> Any:
+        """Another tensor on this opened storage (its view checked by the caller)."""
+        if self.where == (v.offset, v.dtype, v.shape, v.strides):
+            # The tensor first opened, sent again (the usual case): detach() is torch's
+            # cheapest new tensor on the same memory and view (base never requires grad).
+            return self.base.detach()
+        return view_on(self.base, v.dtype, v.offset, v.shape, v.strides)
 
 
-def _view_like(base: Any, desc: View | IpcDescriptor) -> Any:
-    """Another tensor on an already-opened storage (same handle and storage offset)."""
-    return view_on(base, desc.dtype, desc.offset, desc.shape, desc.strides)
+def _where(base: Any) -> tuple[Any, ...]:
+    """A tensor's view as a View spells it: (offset, dtype name, shape, strides)."""
+    return (base.storage_offset(), native_name(base.dtype), tuple(base.shape), base.stride())
 
 
 def view_on(base: Any, dtype: str, offset: int, shape: Any, strides: Any) -> Any:
