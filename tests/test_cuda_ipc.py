@@ -569,6 +569,27 @@ def test_a_storage_sent_again_is_a_new_tensor_each_time(tmp_path: Path) -> None:
     assert imports.open(wire(ss=256, off=8, sh=[8], st=[1])).tolist() == list(range(8, 16))
 
 
+def test_a_map_received_again_in_the_same_bytes_is_not_checked_again(tmp_path: Path) -> None:
+    """A decoded reference keeps its bytes; the same bytes again (one tensor sent call after
+    call) reuse the checks they passed, until their import is dropped."""
+    body = wire(ss=256, sh=[8, 8], st=[8, 1])
+    enc = encode_payload([IpcRef(0, body)])
+    (ref,) = decode(enc.frames({"id": 1})).payload
+    assert ref.raw == msgpack.packb([0, body]) and ref.body == body
+    imports = _imports(tmp_path, torch.arange(64, dtype=torch.float32))
+    first = imports.open(ref.body, raw=ref.raw)
+    again = imports.open({}, raw=ref.raw)  # not even read: these bytes passed before
+    assert again is not first and again.data_ptr() == first.data_ptr()
+    assert again.shape == (8, 8) and again.stride() == (8, 1)
+    with pytest.raises(CudaIpcRefused, match="version"):
+        imports.open({}, raw=b"other bytes")
+    (key,) = imports.leases.keys()
+    assert imports.release([list(key)]) == 1
+    with pytest.raises(CudaIpcRefused, match="version"):  # dropped: checked anew
+        imports.open({}, raw=ref.raw)
+    assert imports.open(ref.body, raw=ref.raw).shape == (8, 8)
+
+
 def test_aliases_in_another_dtype_share_the_memory(tmp_path: Path) -> None:
     """A view in the argument's dtype is made with as_strided, one in another dtype (a custom
     op's .view(torch.int32), say) on the storage itself: both alias the same memory, on the

@@ -348,7 +348,7 @@ class _DecodeState:
         if code == EXT_CUDA_IPC:
             self.handles += 1
             self.paths.append(CUDA_IPC_PATH)
-            return ipc_from_wire(msgpack.unpackb(data, raw=False))
+            return ipc_from_wire(msgpack.unpackb(data, raw=False), data)
         if code == EXT_COMPLEX:
             parts = msgpack.unpackb(data)
             if not (isinstance(parts, list) and len(parts) == 2):
