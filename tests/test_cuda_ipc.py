@@ -372,6 +372,39 @@ def test_exporter_builds_descriptors_and_records_the_event_once(
         Export(sender, False)(t)
 
 
+def test_a_tensor_sent_again_reuses_its_reference_packed_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One IpcRef per storage, view and position, packed by the codec once; another view or
+    position is another reference, and a storage shared anew starts over."""
+    import tensorwire.client._cuda_ipc as client_ipc
+
+    clock = [1000.0]
+    monkeypatch.setattr(client_ipc, "_cuda_device", lambda obj: "cuda:0")  # CPU stand-ins
+    monkeypatch.setattr(client_ipc, "exportable", lambda t: (t, "float32"))
+    monkeypatch.setattr(client_ipc, "share_storage", lambda t: {"h": b"h", "so": 0, "ss": 64})
+    monkeypatch.setattr(client_ipc.time, "monotonic", lambda: clock[0])
+    sender = IpcSender({"ipc": True})
+    monkeypatch.setattr(sender, "event_handle", lambda d: bytes(64))
+    t = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+
+    def send(*args: Any) -> list[IpcRef]:
+        export = Export(sender, True)
+        frames = encode_payload(list(args), exporter=export).frames({"id": 1})
+        return decode(frames).payload  # type: ignore[no-any-return]
+
+    first = Export(sender, True)(t)
+    assert Export(sender, True)(t) is first and first.raw == b""
+    (got,) = send(t)
+    assert first.raw == got.raw == msgpack.packb([0, first.body]) and got.body == first.body
+    assert Export(sender, True)(t) is first
+    view, at_1 = Export(sender, True)(t[2:]), send(t[:1], t)[1]
+    assert view is not first and view.body["off"] == 8 and at_1.index == 1
+    t.t_()  # its view changed in place: another reference
+    assert Export(sender, True)(t).body["st"] == [1, 4] and Export(sender, True)(t) is not first
+    clock[0] += client_ipc.RESHARE_AFTER_S + 1  # shared anew: its references start over
+    assert Export(sender, True)(t.t_()) is not first
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ CUDA_RESULTS = ("copy", "map")
 # use), and reopening an import on a slot the old one already gave back would count it twice.
 RESHARE_AFTER_S = 10.0
 RELEASE_SCAN = 16  # shared storages checked for release per request
+MAX_REFS = 64  # references kept per shared storage (views and positions it was sent as)
 
 
 class IpcSender:
@@ -89,6 +90,10 @@ class IpcSender:
 
     def storage_map(self, tensor: Any) -> dict[str, Any]:
         """The storage half of the tensor's descriptor: shared on first use, then reused."""
+        return self.shared(tensor).wire
+
+    def shared(self, tensor: Any) -> _Shared:
+        """The tensor's storage as shared with the server: on first use, then reused."""
         storage = tensor.untyped_storage()
         # The StorageImpl's address: our weak reference keeps it from being reused by
         # another storage until the entry is taken out (take_released).
@@ -98,13 +103,14 @@ class IpcSender:
             shared = self._shared.get(key)
             if shared is not None and now - shared.used < RESHARE_AFTER_S:
                 shared.used = now
-                return shared.wire
+                return shared
         wire = share_storage(tensor)  # CudaIpcRefused says why memory cannot be shared
         from torch.multiprocessing.reductions import StorageWeakRef  # first use only
 
+        shared = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
         with self._lock:
-            self._shared[key] = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
-        return wire
+            self._shared[key] = shared
+        return shared
 
     def event_handle(self, device: int) -> bytes:
         """Record this device's IPC event on its current stream; its handle for the server."""
@@ -175,6 +181,19 @@ class _Shared:
     ref: Any  # StorageWeakRef: expired once the client holds no tensor on the storage
     wire: dict[str, Any]  # the storage half of the descriptor
     used: float  # when it was last sent (time.monotonic)
+    refs: dict[tuple[Any, ...], IpcRef] = field(default_factory=dict)  # see reference()
+
+    def reference(self, index: int, tensor: Any, dtype: str, event: bytes) -> IpcRef:
+        """`tensor` (on this storage) as argument `index`: one IpcRef per view and position,
+        which the codec packs once, since clients send the same tensor call after call."""
+        view = (index, tensor.storage_offset(), dtype, tensor.shape, tensor.stride(), event)
+        ref = self.refs.get(view)
+        if ref is None:
+            if len(self.refs) >= MAX_REFS:
+                self.refs.clear()
+            body = {**self.wire, **view_fields(tensor, dtype), "ev": event}
+            ref = self.refs[view] = IpcRef(index, body)
+        return ref
 
 
 def _import_key(wire: dict[str, Any]) -> list[Any]:
@@ -203,14 +222,13 @@ class Export:
             raise ProtocolError(f"a tensor on {where} can be sent by CUDA IPC only to "
                                 "call/submit; move it to the CPU (.cpu()) for put and graphs")
         tensor, dtype = exportable(_as_torch(obj))
-        body = {**self.sender.storage_map(tensor), **view_fields(tensor, dtype)}
+        shared = self.sender.shared(tensor)
         device = tensor.device.index
         event = self._events.get(device)
         if event is None:
             event = self._events[device] = self.sender.event_handle(device)
-        body["ev"] = event
         self.sent.append(tensor)
-        return IpcRef(len(self.sent) - 1, body)
+        return shared.reference(len(self.sent) - 1, tensor, dtype, event)
 
 
 def _cuda_device(obj: Any) -> object | None:

@@ -29,8 +29,10 @@ MAX_BODY_KEYS = 32
 class IpcRef:
     """CUDA memory named by a descriptor (request) or a view of an argument (reply).
 
-    A received reference keeps its msgpack bytes (``raw``): the same bytes again are the
-    same reference, which lets the server skip checking a descriptor it checked before."""
+    ``raw`` is its msgpack form [index, body] once known: as received (the same bytes again
+    are the same reference, which lets the server skip checking a descriptor it checked
+    before), or as first packed (a client reuses its references: they are packed once).
+    The body must not change once the reference was packed."""
 
     __slots__ = ("body", "index", "raw")
 
