@@ -57,7 +57,7 @@ CUDA_RESULTS = ("copy", "map")
 # use), and reopening an import on a slot the old one already gave back would count it twice.
 RESHARE_AFTER_S = 10.0
 RELEASE_SCAN = 16  # shared storages checked for release per request
-MAX_REFS = 64  # references kept per shared storage (views and positions it was sent as)
+MAX_REFS = 8  # references kept per shared storage (~1 KB each): views and positions sent
 
 
 class IpcSender:
