@@ -372,6 +372,39 @@ def test_exporter_builds_descriptors_and_records_the_event_once(
         Export(sender, False)(t)
 
 
+def test_a_tensor_sent_again_reuses_its_reference_packed_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One IpcRef per storage, view and position, packed by the codec once; another view or
+    position is another reference, and a storage shared anew starts over."""
+    import tensorwire.client._cuda_ipc as client_ipc
+
+    clock = [1000.0]
+    monkeypatch.setattr(client_ipc, "_cuda_device", lambda obj: "cuda:0")  # CPU stand-ins
+    monkeypatch.setattr(client_ipc, "exportable", lambda t: (t, "float32"))
+    monkeypatch.setattr(client_ipc, "share_storage", lambda t: {"h": b"h", "so": 0, "ss": 64})
+    monkeypatch.setattr(client_ipc.time, "monotonic", lambda: clock[0])
+    sender = IpcSender({"ipc": True})
+    monkeypatch.setattr(sender, "event_handle", lambda d: bytes(64))
+    t = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+
+    def send(*args: Any) -> list[IpcRef]:
+        export = Export(sender, True)
+        frames = encode_payload(list(args), exporter=export).frames({"id": 1})
+        return decode(frames).payload  # type: ignore[no-any-return]
+
+    first = Export(sender, True)(t)
+    assert Export(sender, True)(t) is first and first.raw == b""
+    (got,) = send(t)
+    assert first.raw == got.raw == msgpack.packb([0, first.body]) and got.body == first.body
+    assert Export(sender, True)(t) is first
+    view, at_1 = Export(sender, True)(t[2:]), send(t[:1], t)[1]
+    assert view is not first and view.body["off"] == 8 and at_1.index == 1
+    t.t_()  # its view changed in place: another reference
+    assert Export(sender, True)(t).body["st"] == [1, 4] and Export(sender, True)(t) is not first
+    clock[0] += client_ipc.RESHARE_AFTER_S + 1  # shared anew: its references start over
+    assert Export(sender, True)(t.t_()) is not first
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -387,6 +420,22 @@ def test_client_checks_aliases(body: dict[str, Any], message: str) -> None:
         ipc_results([IpcRef(0, body)], [torch.zeros(32)])
     with pytest.raises(ProtocolError, match="argument 1; 1 were sent"):
         ipc_results(IpcRef(1, body), [torch.zeros(32)])
+
+
+def test_alias_of_the_argument_itself_is_a_new_tensor_on_it() -> None:
+    """The usual reply (identity) describes the argument exactly: rebuilt without bounds
+    checks, as a new tensor on the same memory; any other view gets every check."""
+    arg = torch.arange(40, dtype=torch.float32)[8:].view(4, 8).t()  # offset, non-contiguous
+    body = {"dt": "float32", "off": 32, "sh": [8, 4], "st": [1, 8]}
+    got = ipc_results(IpcRef(0, body), [arg])
+    assert got is not arg and got.data_ptr() == arg.data_ptr() and not got.requires_grad
+    assert got.shape == arg.shape and got.stride() == arg.stride() and torch.equal(got, arg)
+    arg[0, 0] = -1.0
+    assert got[0, 0] == -1.0
+    as_int = ipc_results(IpcRef(0, {**body, "dt": "int32"}), [arg])
+    assert as_int.dtype == torch.int32 and as_int.data_ptr() == arg.data_ptr()
+    with pytest.raises(ProtocolError, match="past the argument"):
+        ipc_results(IpcRef(0, {**body, "off": 36}), [arg])
 
 
 # ------------------------------------------------------------ exported results (CPU stand-ins)
@@ -536,6 +585,42 @@ def test_sessions_export_only_where_ipc_is_accepted() -> None:
     assert reply["ipc"] is False and "pid" not in reply
     session = cpu.get({"s": reply["session"]})
     assert session is not None and session.exports is None
+
+
+def test_a_storage_sent_again_is_a_new_tensor_each_time(tmp_path: Path) -> None:
+    """The tensor first opened, sent again, is a new tensor on the same memory and view: an
+    op that changes its argument's view in place changes nothing for later requests."""
+    client_memory = torch.arange(64, dtype=torch.float32)
+    imports = _imports(tmp_path, client_memory)
+    first = imports.open(wire(ss=256, sh=[8, 8], st=[8, 1]))
+    again = imports.open(wire(ss=256, sh=[8, 8], st=[8, 1]))
+    assert again is not first and again.data_ptr() == first.data_ptr()
+    assert again.shape == (8, 8) and again.stride() == (8, 1)
+    again.t_()
+    first.t_()
+    assert imports.open(wire(ss=256, sh=[8, 8], st=[8, 1])).stride() == (8, 1)
+    assert imports.open(wire(ss=256, off=8, sh=[8], st=[1])).tolist() == list(range(8, 16))
+
+
+def test_a_map_received_again_in_the_same_bytes_is_not_checked_again(tmp_path: Path) -> None:
+    """A decoded reference keeps its bytes; the same bytes again (one tensor sent call after
+    call) reuse the checks they passed, until their import is dropped."""
+    body = wire(ss=256, sh=[8, 8], st=[8, 1])
+    enc = encode_payload([IpcRef(0, body)])
+    (ref,) = decode(enc.frames({"id": 1})).payload
+    assert ref.raw == msgpack.packb([0, body]) and ref.body == body
+    imports = _imports(tmp_path, torch.arange(64, dtype=torch.float32))
+    first = imports.open(ref.body, raw=ref.raw)
+    again = imports.open({}, raw=ref.raw)  # not even read: these bytes passed before
+    assert again is not first and again.data_ptr() == first.data_ptr()
+    assert again.shape == (8, 8) and again.stride() == (8, 1)
+    with pytest.raises(CudaIpcRefused, match="version"):
+        imports.open({}, raw=b"other bytes")
+    (key,) = imports.leases.keys()
+    assert imports.release([list(key)]) == 1
+    with pytest.raises(CudaIpcRefused, match="version"):  # dropped: checked anew
+        imports.open({}, raw=ref.raw)
+    assert imports.open(ref.body, raw=ref.raw).shape == (8, 8)
 
 
 def test_aliases_in_another_dtype_share_the_memory(tmp_path: Path) -> None:

@@ -755,43 +755,61 @@ class IpcImports:
         # Storage exports seen and checked, by their storage fields: a client sends the same
         # one with every tensor on that storage, and only the view part is new each time.
         self._seen: dict[tuple[Any, ...], IpcDescriptor] = {}
+        # Whole maps checked before, by their msgpack bytes as received (a client sends the
+        # same tensor again and again): their storage export, and their view.
+        self._known: dict[bytes, tuple[IpcDescriptor, View | IpcDescriptor]] = {}
 
-    def open(self, wire: Any, *, stream: Any = None) -> Any:
-        fields = _storage_fields(wire) if type(wire) is dict else ()
-        seen = self._seen.get(fields)
-        if seen is not None:
-            entry = self.leases.get(seen.key)  # renewed; None once released or expired
+    def open(self, wire: Any, *, stream: Any = None, raw: bytes = b"") -> Any:
+        """The tensor a descriptor map names, on its storage (opened once, then cached).
+
+        ``raw`` is the map's msgpack form as received: a map that came before in exactly
+        those bytes skips its checks, all of which passed on those bytes."""
+        known = self._known.get(raw) if raw else None
+        remember = known is None
+        if known is None:
+            seen = self._seen.get(_storage_fields(wire) if type(wire) is dict else ())
+            if seen is not None:  # a storage export seen before: only its view is checked
+                known = (seen, seen.view_of(wire))
+        if known is not None:
+            entry = self.leases.get(known[0].key)  # renewed; None once released or expired
             if entry is not None:
-                v = seen.view_of(wire)  # the view alone is checked: the rest was
-                view = _view_like(entry.base, v)
-                if v.event:
-                    self._wait_event(v.event, view, stream)
-                return view
+                if remember and raw:
+                    _bounded_put(self._known, raw, known, self.leases.max_leases)
+                return self._view(entry, known[1], stream)
         desc = IpcDescriptor.from_wire(wire, max_bytes=self.max_bytes)
-        key = (desc.handle, desc.storage_offset, desc.storage_size)
-        slot = (desc.ref_counter, desc.ref_offset)
-        entry = self.leases.get(key)
+        entry = self._import(desc, stream)
+        _bounded_put(self._seen, _storage_fields(wire), desc, self.leases.max_leases)
+        if raw:
+            _bounded_put(self._known, raw, (desc, desc), self.leases.max_leases)
+        return self._view(entry, desc, stream)
+
+    def _import(self, desc: IpcDescriptor, stream: Any) -> _Import:
+        """The import of a checked descriptor's storage: opened now, or already open."""
+        key, slot = desc.key, (desc.ref_counter, desc.ref_offset)
+        entry: _Import | None = self.leases.get(key)
         if entry is None:
             if len(self.leases) >= self.leases.max_leases:
                 self.leases.reap()  # expired imports make room before "too many" is said
             base = self._open(desc, expected_pid=self.expected_pid, shm_dir=self.shm_dir,
                               stream=stream, wait_event=False)
-            self.leases.add(key, _Import(base, {slot}))  # the storage's deleter frees slot
-            view = base
-        else:
-            # Already open. A fresh export of the same memory took a new ref-counter slot in
-            # the producer: release it at once (torch's own rebuild does the same on a cache
-            # hit). The same storage export again (clients reuse theirs) holds no new slot.
-            check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
-            if slot not in entry.slots:
-                entry.slots.add(slot)
-                self._release_slot(desc, entry.base)
-            view = _view_like(entry.base, desc)
-        if len(self._seen) >= self.leases.max_leases:
-            self._seen.clear()
-        self._seen[fields] = desc
-        if desc.event:  # the client's writes before the request, on its stream
-            self._wait_event(desc.event, view, stream)
+            entry = _Import(base, {slot}, _where(base))
+            self.leases.add(key, entry)  # the storage's deleter frees slot
+            return entry
+        # Already open. A fresh export of the same memory took a new ref-counter slot in
+        # the producer: release it at once (torch's own rebuild does the same on a cache
+        # hit). The same storage export again (clients reuse theirs) holds no new slot.
+        check_ref_counter_file(desc, shm_dir=self.shm_dir, expected_pid=self.expected_pid)
+        if slot not in entry.slots:
+            entry.slots.add(slot)
+            self._release_slot(desc, entry.base)
+        return entry
+
+    def _view(self, entry: _Import, v: View | IpcDescriptor, stream: Any) -> Any:
+        """A new tensor with view `v` on an import (base itself is never handed out: an op
+        changing its argument's view in place cannot change a later request's)."""
+        view = entry.view(v)
+        if v.event:  # the client's writes before the request, on its stream
+            self._wait_event(v.event, view, stream)
         return view
 
     def release(self, keys: Any) -> int:
@@ -848,15 +866,30 @@ def _storage_fields(wire: dict[str, Any]) -> tuple[Any, ...]:
 _HASHABLE = frozenset({int, str, bytes})
 
 
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    if len(cache) >= limit:  # a client cycling through more than this starts them over
+        cache.clear()
+    cache[key] = value
+
+
 @dataclass
 class _Import:
     base: Any  # the tensor first opened on the storage
     slots: set[tuple[str, int]]  # producer ref-counter slots accounted for
+    where: tuple[Any, ...] | None = None  # base's own view, as _where gives it
+
+    def view(self, v: View | IpcDescriptor) -> Any:
+        """Another tensor on this opened storage (its view checked by the caller)."""
+        if self.where == (v.offset, v.dtype, v.shape, v.strides):
+            # The tensor first opened, sent again (the usual case): detach() is torch's
+            # cheapest new tensor on the same memory and view (base never requires grad).
+            return self.base.detach()
+        return view_on(self.base, v.dtype, v.offset, v.shape, v.strides)
 
 
-def _view_like(base: Any, desc: View | IpcDescriptor) -> Any:
-    """Another tensor on an already-opened storage (same handle and storage offset)."""
-    return view_on(base, desc.dtype, desc.offset, desc.shape, desc.strides)
+def _where(base: Any) -> tuple[Any, ...]:
+    """A tensor's view as a View spells it: (offset, dtype name, shape, strides)."""
+    return (base.storage_offset(), native_name(base.dtype), tuple(base.shape), base.stride())
 
 
 def view_on(base: Any, dtype: str, offset: int, shape: Any, strides: Any) -> Any:

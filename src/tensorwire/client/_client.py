@@ -52,6 +52,7 @@ from ..codec import (
     from_wire,
     peek_meta,
     restore_kind,
+    tensor_kind,
     to_numpy,
     to_wire,
     tree_map,
@@ -637,9 +638,10 @@ class Client:
             payload = _copied(payload)
         if meta.get("hd"):
             payload = self._wrap_handles(payload)
-        result = restore_kind(payload, item.kind)
-        if item.sent is not None:  # CUDA IPC arguments: results as CUDA tensors
-            result = ipc_results(result, item.sent, self._ipc.open_result if self._ipc else None)
+        if item.sent is not None:  # CUDA IPC arguments: results as torch CUDA tensors
+            result = ipc_results(payload, item.sent, self._ipc.open_result if self._ipc else None)
+        else:
+            result = restore_kind(payload, item.kind)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.
         timing = (item.carrier, item.serialize, item.send, item.sent_at, item.request_paths)
         reply_paths = meta.get("rp", decoded.paths)  # the server's account wins
@@ -712,8 +714,8 @@ def _call_options(kwargs: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _kind_of(args: tuple[Any, ...]) -> str | None:
-    if args and type(args[0]) is np.ndarray:
-        return "numpy"  # the common case, without walking the arguments
+    if args and (kind := tensor_kind(args[0])) is not None:
+        return kind  # the common case, without walking the arguments
     return first_kind(args)
 
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from ..channel._cuda import (
     view_fields,
     view_on,
 )
-from ..codec import IpcRef, tree_map
+from ..codec import IpcRef, native_name, tree_map
 from ..errors import ProtocolError
 
 KDL_CUDA, KDL_CUDA_MANAGED = 2, 13  # DLPack device types of CUDA memory
@@ -57,6 +57,7 @@ CUDA_RESULTS = ("copy", "map")
 # use), and reopening an import on a slot the old one already gave back would count it twice.
 RESHARE_AFTER_S = 10.0
 RELEASE_SCAN = 16  # shared storages checked for release per request
+MAX_REFS = 8  # references kept per shared storage (~1 KB each): views and positions sent
 
 
 class IpcSender:
@@ -89,6 +90,10 @@ class IpcSender:
 
     def storage_map(self, tensor: Any) -> dict[str, Any]:
         """The storage half of the tensor's descriptor: shared on first use, then reused."""
+        return self.shared(tensor).wire
+
+    def shared(self, tensor: Any) -> _Shared:
+        """The tensor's storage as shared with the server: on first use, then reused."""
         storage = tensor.untyped_storage()
         # The StorageImpl's address: our weak reference keeps it from being reused by
         # another storage until the entry is taken out (take_released).
@@ -98,13 +103,14 @@ class IpcSender:
             shared = self._shared.get(key)
             if shared is not None and now - shared.used < RESHARE_AFTER_S:
                 shared.used = now
-                return shared.wire
+                return shared
         wire = share_storage(tensor)  # CudaIpcRefused says why memory cannot be shared
         from torch.multiprocessing.reductions import StorageWeakRef  # first use only
 
+        shared = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
         with self._lock:
-            self._shared[key] = _Shared(StorageWeakRef(storage), wire, now)  # type: ignore[no-untyped-call]
-        return wire
+            self._shared[key] = shared
+        return shared
 
     def event_handle(self, device: int) -> bytes:
         """Record this device's IPC event on its current stream; its handle for the server."""
@@ -175,6 +181,19 @@ class _Shared:
     ref: Any  # StorageWeakRef: expired once the client holds no tensor on the storage
     wire: dict[str, Any]  # the storage half of the descriptor
     used: float  # when it was last sent (time.monotonic)
+    refs: dict[tuple[Any, ...], IpcRef] = field(default_factory=dict)  # see reference()
+
+    def reference(self, index: int, tensor: Any, dtype: str, event: bytes) -> IpcRef:
+        """`tensor` (on this storage) as argument `index`: one IpcRef per view and position,
+        which the codec packs once, since clients send the same tensor call after call."""
+        view = (index, tensor.storage_offset(), dtype, tensor.shape, tensor.stride(), event)
+        ref = self.refs.get(view)
+        if ref is None:
+            if len(self.refs) >= MAX_REFS:
+                self.refs.clear()
+            body = {**self.wire, **view_fields(tensor, dtype), "ev": event}
+            ref = self.refs[view] = IpcRef(index, body)
+        return ref
 
 
 def _import_key(wire: dict[str, Any]) -> list[Any]:
@@ -203,14 +222,13 @@ class Export:
             raise ProtocolError(f"a tensor on {where} can be sent by CUDA IPC only to "
                                 "call/submit; move it to the CPU (.cpu()) for put and graphs")
         tensor, dtype = exportable(_as_torch(obj))
-        body = {**self.sender.storage_map(tensor), **view_fields(tensor, dtype)}
+        shared = self.sender.shared(tensor)
         device = tensor.device.index
         event = self._events.get(device)
         if event is None:
             event = self._events[device] = self.sender.event_handle(device)
-        body["ev"] = event
         self.sent.append(tensor)
-        return IpcRef(len(self.sent) - 1, body)
+        return shared.reference(len(self.sent) - 1, tensor, dtype, event)
 
 
 def _cuda_device(obj: Any) -> object | None:
@@ -276,17 +294,30 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     body = ref.body
     if not 0 <= ref.index < len(sent):
         raise ProtocolError(f"reply aliases CUDA argument {ref.index}; {len(sent)} were sent")
+    base = sent[ref.index]
+    if _is_argument(body, base):
+        # The argument as sent (identity, the usual case): our own tensor is the bounds
+        # check. detach() is torch's cheapest new tensor on the same memory and view, and
+        # is exact here: a sent tensor never requires grad (exportable detached it).
+        return base.detach()
     dtype, offset = body.get("dt"), body.get("off")
     shape, strides = _ints(body.get("sh")), _ints(body.get("st"))
     if dtype not in ITEMSIZE or type(offset) is not int or offset < 0 or shape is None or (
             strides is None or len(shape) != len(strides)):
         raise ProtocolError("malformed CUDA IPC alias in the reply")
-    base = sent[ref.index]
     size, itemsize = base.untyped_storage().nbytes(), ITEMSIZE[dtype]
     last = offset // itemsize + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
     if offset % itemsize or (0 not in shape and (last + 1) * itemsize > size):
         raise ProtocolError("CUDA IPC alias in the reply reaches past the argument's storage")
     return view_on(base, dtype, offset // itemsize, shape, strides)
+
+
+def _is_argument(body: dict[str, Any], base: Any) -> bool:
+    """Whether an alias describes `base` itself: same dtype, byte offset, shape and strides.
+    Equal values only: nothing of the body is used when it does."""
+    return (body.get("sh") == list(base.shape) and body.get("st") == list(base.stride())
+            and body.get("off") == base.storage_offset() * base.element_size()
+            and body.get("dt") == native_name(base.dtype))
 
 
 def _ints(value: Any) -> list[int] | None:

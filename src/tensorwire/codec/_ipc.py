@@ -27,12 +27,17 @@ MAX_BODY_KEYS = 32
 
 
 class IpcRef:
-    """CUDA memory named by a descriptor (request) or a view of an argument (reply)."""
+    """CUDA memory named by a descriptor (request) or a view of an argument (reply).
 
-    __slots__ = ("body", "index")
+    ``raw`` is its msgpack form [index, body] once known: as received (the same bytes again
+    are the same reference, which lets the server skip checking a descriptor it checked
+    before), or as first packed (a client reuses its references: they are packed once).
+    The body must not change once the reference was packed."""
 
-    def __init__(self, index: int, body: dict[str, Any]) -> None:
-        self.index, self.body = index, body
+    __slots__ = ("body", "index", "raw")
+
+    def __init__(self, index: int, body: dict[str, Any], raw: bytes = b"") -> None:
+        self.index, self.body, self.raw = index, body, raw
 
     def wire(self) -> list[Any]:
         return [self.index, self.body]
@@ -41,7 +46,7 @@ class IpcRef:
         return f"<CUDA IPC reference {self.index}>"
 
 
-def ipc_from_wire(parts: Any) -> IpcRef:
+def ipc_from_wire(parts: Any, raw: bytes = b"") -> IpcRef:
     if not (isinstance(parts, list) and len(parts) == 2):
         raise ProtocolError("malformed CUDA IPC reference: expected [index, map]")
     index, body = parts
@@ -50,4 +55,4 @@ def ipc_from_wire(parts: Any) -> IpcRef:
     if not isinstance(body, dict) or len(body) > MAX_BODY_KEYS:
         raise ProtocolError(f"CUDA IPC reference body must be a map of at most "
                             f"{MAX_BODY_KEYS} entries")
-    return IpcRef(index, body)
+    return IpcRef(index, body, raw)

@@ -182,7 +182,9 @@ class _Encoder:
         if isinstance(obj, IpcRef):
             out.handles += 1
             out.paths.append(CUDA_IPC_PATH)
-            return _ext(EXT_CUDA_IPC, _pack_inner(obj.wire()))
+            if not obj.raw:  # packed once: a client sends the same reference again and again
+                obj.raw = _pack_inner(obj.wire())
+            return _ext(EXT_CUDA_IPC, obj.raw)
         if isinstance(obj, Narrowed):
             return _encode_tensor(obj if cast is not None else obj.widen(), out, self.placer, cast)
         if isinstance(obj, np.generic):
@@ -348,7 +350,7 @@ class _DecodeState:
         if code == EXT_CUDA_IPC:
             self.handles += 1
             self.paths.append(CUDA_IPC_PATH)
-            return ipc_from_wire(msgpack.unpackb(data, raw=False))
+            return ipc_from_wire(msgpack.unpackb(data, raw=False), data)
         if code == EXT_COMPLEX:
             parts = msgpack.unpackb(data)
             if not (isinstance(parts, list) and len(parts) == 2):

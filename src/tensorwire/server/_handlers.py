@@ -184,7 +184,10 @@ def _all_aliases(result: Any) -> bool:
 
 
 def _is_leaf(value: Any) -> bool:
-    return isinstance(value, HandleRef | IpcRef | np.ndarray)
+    return isinstance(value, _LEAVES)
+
+
+_LEAVES = (HandleRef, IpcRef, np.ndarray)  # a tuple: no union object built per call
 
 
 def error_meta(rid: Any, exc: BaseException) -> dict[str, Any]:

@@ -159,7 +159,8 @@ class IpcCall:
                 IpcDescriptor.from_wire(ref.body)  # a malformed one hears what is wrong first
                 raise CudaIpcRefused(f"CUDA IPC is not accepted here: {self.refusal}; move "
                                      "the tensor to the CPU before sending it")
-            tensor = self.imports.open(ref.body, stream=getattr(self.backend, "stream", None))
+            tensor = self.imports.open(ref.body, stream=getattr(self.backend, "stream", None),
+                                       raw=ref.raw)
         except CudaIpcRefused as exc:
             raise ProtocolError(f"request {self.rid}: CUDA IPC argument {ref.index}: {exc}"
                                 ) from None
