@@ -604,6 +604,23 @@ def test_client_sends_cuda_tensors_by_ipc(cuda_server: Any) -> None:
         assert not gpu._ipc._shared
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_lazy_conjugates_and_negations_are_sent_resolved(cuda_server: Any) -> None:
+    """z.conj() is a bit on the tensor, not in its memory: the server must see its values."""
+    import tensorwire as tw
+
+    z = torch.complex(torch.arange(8.0), torch.arange(8.0) + 1).cuda()
+    with tw.Client(cuda_server.url) as gpu:
+        zc = z.conj()
+        assert zc.is_conj()
+        assert torch.equal(gpu.identity(zc), zc)
+        assert torch.equal(gpu.neg(zc), -zc)
+        imag = zc.imag  # a negated view of z's memory
+        assert imag.is_neg()
+        assert torch.equal(gpu.neg(imag), -imag)
+
+
 CLIENT = r"""
 import sys, torch, tensorwire as tw
 from tensorwire.channel._cuda import CudaIpcRefused

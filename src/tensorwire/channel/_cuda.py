@@ -473,6 +473,10 @@ def exportable(tensor: Any) -> tuple[Any, str]:
         raise CudaIpcRefused("only dense (strided) tensors can be sent by CUDA IPC")
     if tensor.requires_grad:
         tensor = tensor.detach()
+    if tensor.is_conj() or tensor.is_neg():
+        # A lazy conjugate or negation is a bit on the tensor, not in its memory, and only
+        # the memory is shared: the server would compute on the unconjugated values.
+        tensor = tensor.resolve_conj().resolve_neg()  # a copy on the GPU, sent instead
     dtype = native_name(tensor.dtype)
     if dtype not in ITEMSIZE:
         raise CudaIpcRefused(f"dtype {dtype} cannot be sent by CUDA IPC")
