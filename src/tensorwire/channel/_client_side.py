@@ -33,6 +33,7 @@ from ._regions import (
     SHM_ZERO_COPY,
     Region,
     array_in,
+    contiguous_address,
     copy_into,
     parse_descriptor,
 )
@@ -119,8 +120,9 @@ class ClientChannel:
         def place(arr: np.ndarray) -> tuple[Any, str]:
             if arr.nbytes < self.inline_below:
                 return None, FRAME_SMALL
+            address = contiguous_address(arr)
             for region_id in (C2S, S2C):
-                offset = self.regions[region_id].offset_of(arr)
+                offset = self.regions[region_id].offset_at(address, arr.nbytes)
                 if offset is not None:
                     # The caller may drop its array before a submitted request is served:
                     # its block must not be freed (and reused) before the reply.

@@ -50,8 +50,15 @@ def _copy_helper() -> ThreadPoolExecutor:
 
 
 def address_of(arr: np.ndarray) -> int:
+    """Where the array's data starts (~1 us: numpy builds the whole interface dict)."""
     addr: int = arr.__array_interface__["data"][0]
     return addr
+
+
+def contiguous_address(arr: np.ndarray) -> int | None:
+    """`address_of` a C-contiguous array, else None. Taken once per tensor and then checked
+    against each region (`Region.offset_at`), not once per region."""
+    return address_of(arr) if arr.flags.c_contiguous else None
 
 
 class Region:
@@ -64,12 +71,13 @@ class Region:
         self.base = address_of(probe)
         del probe
 
-    def offset_of(self, arr: np.ndarray) -> int | None:
-        """The offset of a C-contiguous array lying wholly inside this region, else None."""
-        if not arr.flags.c_contiguous:
+    def offset_at(self, address: int | None, nbytes: int) -> int | None:
+        """The offset of `nbytes` at `address` (a `contiguous_address`) when they lie wholly
+        inside this region, else None."""
+        if address is None:
             return None
-        offset = address_of(arr) - self.base
-        if 0 <= offset and offset + arr.nbytes <= self.size:
+        offset = address - self.base
+        if 0 <= offset and offset + nbytes <= self.size:
             return offset
         return None
 

@@ -29,6 +29,7 @@ from ._regions import (
     SHM_DIRECT,
     Region,
     array_in,
+    contiguous_address,
     copy_into,
     parse_descriptor,
 )
@@ -142,13 +143,13 @@ class ReplyBlocks:
         channel = self._channel
         if arr.nbytes < channel.inline_below:
             return None, FRAME_SMALL
-        regions = channel.regions
-        offset = regions[S2C].offset_of(arr)
+        regions, address = channel.regions, contiguous_address(arr)
+        offset = regions[S2C].offset_at(address, arr.nbytes)
         if offset is not None and offset in self._fresh:
             self._fresh.discard(offset)  # the kernel wrote the result right here: no copy
             return [S2C, offset, arr.nbytes, True], SHM_DIRECT
         for region_id in (C2S, S2C):
-            offset = regions[region_id].offset_of(arr)
+            offset = regions[region_id].offset_at(address, arr.nbytes)
             if offset is not None:
                 return [region_id, offset, arr.nbytes, False], SHM_ALIAS
         offset = channel.s2c.alloc(arr.nbytes)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,7 +173,9 @@ class ServerCore:
         self._zap_socks: set[zmq.Socket[bytes]] = set()  # the only ones whose peers have keys
         self._ucx: list[UcxListener] = []
         self._queue: deque[_Incoming] = deque()
-        self._inflight: Counter[Any] = Counter()  # queued requests per connection
+        # Queued requests per connection. A plain dict: Counter's missing-key hook is a
+        # Python call, made twice per request (the key is gone whenever the queue is empty).
+        self._inflight: dict[Any, int] = {}
         self._cast_buffers = BufferPool()  # wire casts write into recycled pages
         self.metrics = Metrics()
         self.handler.metrics = self.metrics  # the "stats" request reads it
@@ -281,15 +283,16 @@ class ServerCore:
 
     def _enqueue(self, item: _Incoming) -> None:
         key = _connection(item)
+        queued = self._inflight.get(key, 0)
         error: Exception | None = None
         if len(self._queue) >= self.max_queue:
             error = ServerBusy(f"server queue is full ({self.max_queue} requests); retry later")
-        elif self._inflight[key] >= self.quotas.inflight:
+        elif queued >= self.quotas.inflight:
             error = QuotaExceeded(
                 f"more than {self.quotas.inflight} requests in flight on one connection"
             )
         if error is None:
-            self._inflight[key] += 1
+            self._inflight[key] = queued + 1
             self._queue.append(item)
             return
         rid = peek_meta(item.frames[0] if item.frames else b"").get("id")
@@ -297,9 +300,11 @@ class ServerCore:
 
     def _release_slot(self, item: _Incoming) -> None:
         key = _connection(item)
-        self._inflight[key] -= 1
-        if self._inflight[key] <= 0:
-            del self._inflight[key]
+        left = self._inflight.get(key, 0) - 1
+        if left > 0:
+            self._inflight[key] = left
+        else:
+            self._inflight.pop(key, None)
 
     def _drain_ucx(self, listener: UcxListener) -> None:
         for peer, frames in listener.take():
