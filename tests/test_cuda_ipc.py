@@ -21,7 +21,13 @@ import tensorwire as tw
 from _ipc_wire import PID, RC, descriptor
 from conftest import ServerProcess
 from tensorwire.channel import host_token
-from tensorwire.channel._cuda import CudaIpcRefused, IpcDescriptor, IpcImports, LeaseTable
+from tensorwire.channel._cuda import (
+    CudaIpcRefused,
+    IpcDescriptor,
+    IpcImports,
+    LeaseTable,
+    view_fields,
+)
 from tensorwire.client._cuda_ipc import Export, IpcSender, _Shared, ipc_results
 from tensorwire.codec import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, decode, encode_payload
 from tensorwire.errors import ProtocolError
@@ -82,8 +88,29 @@ def test_exporter_replaces_tensors() -> None:
 )
 def test_malformed_ipc_references(parts: Any, message: str) -> None:
     header = msgpack.packb([1, {}, [msgpack.ExtType(EXT_CUDA_IPC, msgpack.packb(parts))]])
-    with pytest.raises(ProtocolError, match=message):
-        decode([header])
+    for _ in range(2):  # refused again: a reference that failed its checks is not kept
+        with pytest.raises(ProtocolError, match=message):
+            decode([header])
+
+
+def test_references_received_again_are_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorwire.codec import _ipc
+
+    monkeypatch.setattr(_ipc, "_received", {})
+
+    def received(ref: IpcRef) -> IpcRef:
+        got = decode([encode_payload([ref]).frames({"id": 1})[0]]).payload[0]
+        assert isinstance(got, IpcRef) and got.index == ref.index and got.body == ref.body
+        return got
+
+    first = received(IpcRef(0, wire()))
+    assert received(IpcRef(0, wire())) is first  # the same bytes: the same reference
+    assert received(IpcRef(1, wire())) is not first  # another position is another reference
+    big = IpcRef(0, {**wire(), "pad": bytes(_ipc.RECEIVED_MAX_BYTES)})
+    assert received(big) is not received(big)  # large ones are not kept
+    for i in range(_ipc.RECEIVED_MAX + 5):  # a peer sending ever new ones: memory stays bounded
+        received(IpcRef(i, {"x": i}))
+        assert len(_ipc._received) <= _ipc.RECEIVED_MAX
 
 
 # ------------------------------------------------------------------ a real server on the CPU
@@ -416,26 +443,38 @@ def test_a_tensor_sent_again_reuses_its_reference_packed_once(
     ],
 )
 def test_client_checks_aliases(body: dict[str, Any], message: str) -> None:
-    with pytest.raises(ProtocolError, match=message):
-        ipc_results([IpcRef(0, body)], [torch.zeros(32)])
-    with pytest.raises(ProtocolError, match="argument 1; 1 were sent"):
-        ipc_results(IpcRef(1, body), [torch.zeros(32)])
+    arg = torch.zeros(32)
+    for refs in (None, sent_as(arg)):
+        with pytest.raises(ProtocolError, match=message):
+            ipc_results([IpcRef(0, body)], [arg], refs=refs)
+        with pytest.raises(ProtocolError, match="argument 1; 1 were sent"):
+            ipc_results(IpcRef(1, body), [arg], refs=refs)
 
 
-def test_alias_of_the_argument_itself_is_a_new_tensor_on_it() -> None:
+def sent_as(arg: Any) -> list[IpcRef]:
+    """The reference a client sent `arg` as (its view part is what the alias check reads)."""
+    return [IpcRef(0, {"h": b"h", **view_fields(arg, "float32")})]
+
+
+@pytest.mark.parametrize("with_refs", [False, True], ids=["by the tensor", "by its reference"])
+def test_alias_of_the_argument_itself_is_a_new_tensor_on_it(with_refs: bool) -> None:
     """The usual reply (identity) describes the argument exactly: rebuilt without bounds
-    checks, as a new tensor on the same memory; any other view gets every check."""
+    checks, as a new tensor on the same memory; any other view gets every check. The client
+    knows it from the reference it sent (its offset counts elements, the alias's bytes)."""
     arg = torch.arange(40, dtype=torch.float32)[8:].view(4, 8).t()  # offset, non-contiguous
+    refs = sent_as(arg) if with_refs else None
     body = {"dt": "float32", "off": 32, "sh": [8, 4], "st": [1, 8]}
-    got = ipc_results(IpcRef(0, body), [arg])
+    got = ipc_results(IpcRef(0, body), [arg], refs=refs)
     assert got is not arg and got.data_ptr() == arg.data_ptr() and not got.requires_grad
     assert got.shape == arg.shape and got.stride() == arg.stride() and torch.equal(got, arg)
     arg[0, 0] = -1.0
     assert got[0, 0] == -1.0
-    as_int = ipc_results(IpcRef(0, {**body, "dt": "int32"}), [arg])
+    as_int = ipc_results(IpcRef(0, {**body, "dt": "int32"}), [arg], refs=refs)
     assert as_int.dtype == torch.int32 and as_int.data_ptr() == arg.data_ptr()
     with pytest.raises(ProtocolError, match="past the argument"):
-        ipc_results(IpcRef(0, {**body, "off": 36}), [arg])
+        ipc_results(IpcRef(0, {**body, "off": 36}), [arg], refs=refs)
+    row = ipc_results(IpcRef(0, {**body, "sh": [4], "st": [8]}), [arg], refs=refs)
+    assert row.data_ptr() == arg.data_ptr() and torch.equal(row, arg[0])
 
 
 # ------------------------------------------------------------ exported results (CPU stand-ins)

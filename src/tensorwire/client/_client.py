@@ -43,6 +43,7 @@ from ..codec import (
     DEFAULT_LIMITS,
     BufferPool,
     HandleRef,
+    IpcRef,
     castable,
     choose,
     content_digest,
@@ -606,7 +607,7 @@ class Client:
             serialize=t1 - t0,
             sent_at_start=t1,
             keep=keep,
-            sent=export.sent if export is not None and export.sent else None,
+            sent=export if export is not None and export.sent else None,
         )
         return item, frames
 
@@ -636,10 +637,11 @@ class Client:
         copied = self.copy and any(p.startswith("shm") for p in decoded.paths)
         if copied:
             payload = _copied(payload)
-        if meta.get("hd"):
+        if meta.get("hd") and type(payload) is not IpcRef:  # (counts CUDA IPC references too)
             payload = self._wrap_handles(payload)
-        if item.sent is not None:  # CUDA IPC arguments: results as torch CUDA tensors
-            result = ipc_results(payload, item.sent, self._ipc.open_result if self._ipc else None)
+        if (sent := item.sent) is not None:  # CUDA IPC arguments: results as torch CUDA tensors
+            result = ipc_results(payload, sent.sent, self._ipc.open_result if self._ipc else None,
+                                 sent.refs)
         else:
             result = restore_kind(payload, item.kind)
         # Only numbers: holding `item` would keep the reply (and its arena blocks) alive.

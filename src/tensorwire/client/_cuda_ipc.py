@@ -207,6 +207,7 @@ class Export:
     def __init__(self, sender: IpcSender, is_call: bool) -> None:
         self.sender, self.is_call = sender, is_call
         self.sent: list[Any] = []  # the tensors, by reference index
+        self.refs: list[IpcRef] = []  # and the references they went as
         self._events: dict[int, bytes] = {}  # device -> event handle, recorded once
 
     def __call__(self, obj: Any) -> IpcRef | None:
@@ -228,7 +229,9 @@ class Export:
         if event is None:
             event = self._events[device] = self.sender.event_handle(device)
         self.sent.append(tensor)
-        return shared.reference(len(self.sent) - 1, tensor, dtype, event)
+        ref = shared.reference(len(self.sent) - 1, tensor, dtype, event)
+        self.refs.append(ref)
+        return ref
 
 
 def _cuda_device(obj: Any) -> object | None:
@@ -261,13 +264,15 @@ def _as_torch(obj: Any) -> Any:
 
 
 def ipc_results(value: Any, sent: list[Any],
-                open_result: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+                open_result: Callable[[dict[str, Any]], Any] | None = None,
+                refs: list[IpcRef] | None = None) -> Any:
     """A reply to a request with CUDA IPC arguments, as torch CUDA tensors. A reference with
-    a handle ("h") is a result the server exported: `open_result` maps it."""
+    a handle ("h") is a result the server exported: `open_result` maps it. `refs` are the
+    references the `sent` tensors went as (they say each one's view)."""
     def restore(leaf: Any) -> Any:
         if isinstance(leaf, IpcRef):
             if "h" not in leaf.body:
-                return _alias(leaf, sent)
+                return _alias(leaf, sent, refs)
             if open_result is None:
                 raise ProtocolError("the reply holds an exported CUDA result; none was expected")
             return open_result(leaf.body)
@@ -289,13 +294,14 @@ def _is_result_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _alias(ref: IpcRef, sent: list[Any]) -> Any:
+def _alias(ref: IpcRef, sent: list[Any], refs: list[IpcRef] | None = None) -> Any:
     """The view of a sent tensor's storage that the server's result was; checked first."""
     body = ref.body
     if not 0 <= ref.index < len(sent):
         raise ProtocolError(f"reply aliases CUDA argument {ref.index}; {len(sent)} were sent")
     base = sent[ref.index]
-    if _is_argument(body, base):
+    if (_is_sent_view(body, refs[ref.index].body) if refs is not None
+            else _is_argument(body, base)):
         # The argument as sent (identity, the usual case): our own tensor is the bounds
         # check. detach() is torch's cheapest new tensor on the same memory and view, and
         # is exact here: a sent tensor never requires grad (exportable detached it).
@@ -310,6 +316,14 @@ def _alias(ref: IpcRef, sent: list[Any]) -> Any:
     if offset % itemsize or (0 not in shape and (last + 1) * itemsize > size):
         raise ProtocolError("CUDA IPC alias in the reply reaches past the argument's storage")
     return view_on(base, dtype, offset // itemsize, shape, strides)
+
+
+def _is_sent_view(body: dict[str, Any], sent: dict[str, Any]) -> bool:
+    """Whether an alias describes the argument as its descriptor `sent` gave it (offset in
+    elements there, in bytes here): `_is_argument` without asking torch for the view."""
+    dtype: str = sent["dt"]
+    return bool(body.get("sh") == sent["sh"] and body.get("st") == sent["st"]
+                and body.get("dt") == dtype and body.get("off") == sent["off"] * ITEMSIZE[dtype])
 
 
 def _is_argument(body: dict[str, Any], base: Any) -> bool:

@@ -6,9 +6,12 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TensorwireError
+
+if TYPE_CHECKING:
+    from ._cuda_ipc import Export
 
 
 @dataclass(slots=True)
@@ -26,7 +29,7 @@ class Pending:
     send: float = 0.0
     carrier: str = "zmq"  # how the messages travelled: "zmq", "pipe" or "ucx"
     keep: list[Any] = field(default_factory=list)  # arena blocks in flight with the request
-    sent: list[Any] | None = None  # CUDA tensors sent by IPC: alive until the reply
+    sent: Export | None = None  # CUDA tensors sent by IPC: alive until the reply
     done: bool = False
     value: Any = None
     error: BaseException | None = None

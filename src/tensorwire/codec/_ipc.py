@@ -18,12 +18,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from ..errors import ProtocolError
 
 EXT_CUDA_IPC = 4
 CUDA_IPC_PATH = "cuda_ipc"
 MAX_IPC_INDEX = 1 << 16  # CUDA tensors in one request
 MAX_BODY_KEYS = 32
+# Received references by their exact bytes: a client sends the same tensor call after call,
+# and a server answers an identity with the same alias, so most are decoded once. Small ones
+# only, and a bounded number: an unusual peer costs at most ~1 MB here.
+RECEIVED_MAX = 1024
+RECEIVED_MAX_BYTES = 1024
+_received: dict[bytes, IpcRef] = {}
 
 
 class IpcRef:
@@ -44,6 +52,21 @@ class IpcRef:
 
     def __repr__(self) -> str:
         return f"<CUDA IPC reference {self.index}>"
+
+
+def received_ipc(data: bytes) -> IpcRef:
+    """The reference packed as `data` (an ExtType's bytes), decoded and shape-checked once.
+
+    The same bytes give the same object again: its body must be read only, as everywhere
+    (what a body says is validated per session by whoever opens it, not here)."""
+    ref = _received.get(data)
+    if ref is None:
+        ref = ipc_from_wire(msgpack.unpackb(data, raw=False), data)
+        if len(data) <= RECEIVED_MAX_BYTES:
+            if len(_received) >= RECEIVED_MAX:
+                _received.clear()
+            _received[data] = ref
+    return ref
 
 
 def ipc_from_wire(parts: Any, raw: bytes = b"") -> IpcRef:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ProtocolError, SessionExpired, VersionMismatch
 from ._dtypes import dtype_name, wire_dtype
 from ._handles import EXT_HANDLE, HandleRef, handle_from_wire
-from ._ipc import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, ipc_from_wire
+from ._ipc import CUDA_IPC_PATH, EXT_CUDA_IPC, IpcRef, received_ipc
 from ._limits import DEFAULT_LIMITS, Limits
 from ._precision import Exact, Narrowed, from_wire
 from ._tensors import tensor_kind, to_numpy
@@ -350,7 +350,7 @@ class _DecodeState:
         if code == EXT_CUDA_IPC:
             self.handles += 1
             self.paths.append(CUDA_IPC_PATH)
-            return ipc_from_wire(msgpack.unpackb(data, raw=False), data)
+            return received_ipc(data)
         if code == EXT_COMPLEX:
             parts = msgpack.unpackb(data)
             if not (isinstance(parts, list) and len(parts) == 2):
