@@ -28,7 +28,7 @@ MAX_IPC_INDEX = 1 << 16  # CUDA tensors in one request
 MAX_BODY_KEYS = 32
 # Received references by their exact bytes: a client sends the same tensor call after call,
 # and a server answers an identity with the same alias, so most are decoded once. Small ones
-# only, and a bounded number: an unusual peer costs at most ~1 MB here.
+# only, and a bounded number: a peer sending ever new ones costs a few MB here at most.
 RECEIVED_MAX = 1024
 RECEIVED_MAX_BYTES = 1024
 _received: dict[bytes, IpcRef] = {}
