@@ -42,6 +42,8 @@ def _is_wire(value: Any) -> bool:
 
 
 def _leaves(value: Any, is_leaf: Callable[[Any], bool]) -> list[Any]:
+    if type(value) is list and len(value) == 1 and is_leaf(value[0]):
+        return value  # the usual single tensor argument: read only here
     found: list[Any] = []
     tree_map(found.append, value, is_leaf)
     return found
@@ -182,13 +184,20 @@ def _check_dtypes(
     is_tensor: Callable[[Any], bool],
 ) -> None:
     assert entry.dtypes is not None
+    category = entry.dtypes
     for tensor in _leaves(args, is_tensor) + (_leaves(kwargs, is_tensor) if kwargs else []):
-        dtype = native_name(tensor.dtype)
-        if not dtype_allowed(entry.dtypes, dtype):
-            allowed = ", ".join(sorted(DTYPE_CATEGORIES[entry.dtypes]))
-            raise OpArgumentError(
-                f"op {entry.name!r} takes {entry.dtypes} tensors ({allowed}); got {dtype}"
-            )
+        ok = _ALLOWED.get((category, tensor.dtype))
+        if ok is None:  # this dtype object first seen for this category: ask by name
+            ok = _ALLOWED[(category, tensor.dtype)] = dtype_allowed(
+                category, native_name(tensor.dtype))
+        if not ok:
+            allowed = ", ".join(sorted(DTYPE_CATEGORIES[category]))
+            raise OpArgumentError(f"op {entry.name!r} takes {category} tensors ({allowed}); "
+                                  f"got {native_name(tensor.dtype)}")
+
+
+# (category, numpy or torch dtype object) -> allowed: a few dozen entries at most.
+_ALLOWED: dict[tuple[str, Any], bool] = {}
 
 
 def _run(entry: _Entry, fn: Kernel, args: list[Any], kwargs: dict[str, Any]) -> Any:
