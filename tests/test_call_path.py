@@ -137,6 +137,26 @@ def test_wait_readable_times_out_and_sees_messages(
     assert client.wait_readable(1.0, spin=0.01) is True
     client.reader.read_available()
     assert [[bytes(f) for f in m] for m in client.reader.messages()] == [[b"hello", b"x" * 1000]]
+    assert client.wait_readable(0.01, spin=0.005) is False  # read: nothing left to see
+
+
+def test_a_closed_pipe_waits_and_sees_nothing(tmp_path: Any) -> None:
+    """The pipe's poll object outlives close(): a wait after it must not watch whatever file
+    took over the old descriptor number."""
+    server = MessagePipe.create(str(tmp_path))
+    client = MessagePipe.attach(server.name, str(tmp_path), max_message=1 << 20)
+    fd = client.recv_fd
+    client.close()
+    server.send(pack_message([b"late"]), 1.0)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+        os.dup2(r, fd)  # the old number now names a readable pipe
+        assert client.wait_readable(0.02, spin=0.005) is False
+    finally:
+        for closing in {r, w, fd}:  # (the pipe may have taken the old number itself)
+            os.close(closing)
+        server.close()
 
 
 def test_pipe_framing_is_a_count_then_sizes() -> None:
