@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/huge_pages.py --json bench-results/huge_pages.json
 	$(BIN)/python benchmarks/call_floor.py --json bench-results/call_floor.json
 	$(BIN)/python benchmarks/cast_threads.py --json bench-results/cast_threads.json
+	$(BIN)/python benchmarks/spin.py --json bench-results/spin.json
 
 # Fault tests of issue 7 at full size (T1-T8); figures in chaos-results/, see RELIABILITY.md.
 chaos: $(STAMP)

@@ -159,6 +159,23 @@ def test_cast_threads_quick(tmp_path: Path) -> None:
     assert [len(runs) for runs in report["runs"].values()] == [2, 2]
 
 
+@pytest.mark.timeout(60)
+def test_spin_quick(tmp_path: Path) -> None:
+    """Stretched against fixed spins: every row timed both ways, CPU counted for both sides."""
+    out = tmp_path / "spin.json"
+    proc = _run("spin.py", "--quick", "--json", str(out))
+    assert "fixed / stretched" in proc.stdout
+    report = json.loads(out.read_text())
+    assert [r["row"] for r in report["rows"]] == ["1KB identity", "1MB neg, bf16 wire"]
+    for row in report["rows"]:
+        got = row["round_trip_s"]
+        assert got["fixed"] > 0 and got["stretched"] > 0
+        assert row["fixed_over_stretched"] == pytest.approx(got["fixed"] / got["stretched"])
+        assert [len(v) for v in row["rounds_s"].values()] == [2, 2]
+        assert all(v >= 0 for v in row["server_cpu_s_per_call"].values())  # 10 ms ticks
+        assert all(v > 0 for v in row["client_cpu_s_per_call"].values())
+
+
 def test_call_floor_ipc_standin_quick(tmp_path: Path) -> None:
     """The CUDA IPC row on CPU stand-ins: the argument's own view comes back by IPC."""
     pytest.importorskip("torch")

@@ -15,8 +15,9 @@ import pytest
 
 import tensorwire as tw
 from conftest import run_in_threads
-from tensorwire.channel import pack_message, unpack_message
+from tensorwire.channel import Spin, pack_message, unpack_message
 from tensorwire.channel._pipe import MessagePipe, MessageReader
+from tensorwire.channel._spin import STRETCH, STRETCH_MAX_S, stretch_enabled
 from tensorwire.codec import _message as message
 from tensorwire.codec import decode, encode_payload
 from tensorwire.errors import ProtocolError
@@ -223,3 +224,58 @@ def test_aliases_of_whole_blocks_and_of_parts(gpu: tw.Client) -> None:
     assert gpu.last_trace["paths"]["reply"] == ["shm(alias)"]
     assert np.shares_memory(part, a)
     np.testing.assert_array_equal(part, np.arange(N_256K // 2, N_256K, dtype=np.float32))
+
+
+# --- polling budgets ------------------------------------------------------------------------
+
+
+def test_spin_stretches_to_short_waits_and_not_to_long_ones() -> None:
+    base = 200e-6
+    spin = Spin(base, stretch=True)
+    assert spin.budget == base  # nothing seen yet: the fixed budget
+    for _ in range(20):
+        spin.waited(1e-3)  # the other side answers in about a millisecond
+    assert spin.budget == pytest.approx(STRETCH * 1e-3, rel=0.02)
+    for _ in range(20):
+        spin.waited(STRETCH_MAX_S * 0.9)  # close to the cap: polled for up to the cap
+    assert spin.budget == STRETCH_MAX_S
+    for _ in range(20):
+        spin.waited(10.0)  # long waits are not chased
+    assert spin.budget == base
+    for _ in range(20):
+        spin.waited(10e-6)  # very short ones: the fixed budget is the floor
+    assert spin.budget == base
+
+
+def test_spin_stays_fixed_when_off_or_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    for spin in (Spin(200e-6, stretch=False), Spin(0.0, stretch=True)):
+        before = spin.budget
+        for _ in range(20):
+            spin.waited(1e-3)
+        assert spin.budget == before
+    monkeypatch.setenv("TENSORWIRE_STRETCH_SPIN", "1")
+    assert stretch_enabled() and Spin(200e-6)._stretch
+    monkeypatch.setenv("TENSORWIRE_STRETCH_SPIN", "0")
+    assert not stretch_enabled() and not Spin(200e-6)._stretch
+    monkeypatch.setenv("TENSORWIRE_STRETCH_SPIN", "yes")
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        Spin(200e-6)
+    monkeypatch.delenv("TENSORWIRE_STRETCH_SPIN")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not stretch_enabled()  # two CPUs: polling would take the work's cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert stretch_enabled()
+
+
+def test_stretched_spins_serve_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stretching on both sides changes only when they sleep: calls are answered as ever, and
+    each side's running mean follows its waits (down from its start above the cap)."""
+    monkeypatch.setenv("TENSORWIRE_STRETCH_SPIN", "1")
+    with tw.Server(backend="numpy") as server:
+        assert not server._core._spin._stretch  # in-process: its thread would hold the GIL
+    with tw.Server(backend="numpy", stretch_spin=True) as server, tw.Client(server.url) as c:
+        assert server._core._spin._stretch and c._spin._stretch
+        x = np.arange(256, dtype=np.float32)
+        for _ in range(20):
+            np.testing.assert_array_equal(c.call("neg", x), -x)
+        assert c._spin._mean < 2 * STRETCH_MAX_S and server._core._spin._mean < 2 * STRETCH_MAX_S

@@ -37,6 +37,7 @@ from ._pipe import (
 from ._regions import SHM_ALIAS, SHM_COPY, SHM_ZERO_COPY, copy_into
 from ._segment import DEFAULT_DIRECTORY, DEFAULT_PREFIX, Segment, sweep_stale
 from ._server_side import ReplyBlocks, ServerChannel
+from ._spin import Spin
 
 __all__ = [
     "ALIGNMENT",
@@ -57,6 +58,7 @@ __all__ = [
     "SegmentRefused",
     "ServerChannel",
     "ShmFullError",
+    "Spin",
     "copy_into",
     "host_token",
     "pack_message",

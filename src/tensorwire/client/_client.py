@@ -33,6 +33,7 @@ from ..channel import (
     DEFAULT_SPIN_US,
     ChannelError,
     ClientChannel,
+    Spin,
     copy_into,
     host_token,
     small_message,
@@ -134,7 +135,7 @@ class Client:
         if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         self.retries = retries
-        self._spin = spin_seconds(spin_us)  # polling for a pipe reply before sleeping
+        self._spin = Spin(spin_seconds(spin_us))  # polling for a reply before sleeping
         self._channel: ClientChannel | None = None
         self._session: str | None = None
         self.shm_reason = "transport='zmq' was asked for" if transport == "zmq" else ""
@@ -434,7 +435,7 @@ class Client:
         raise self._timeout(item)
 
     def _receive(self, sock: zmq.Socket[bytes], item: Pending, lookup: Any, until: float) -> bool:
-        spin_until = time.perf_counter() + self._spin
+        spin_until = time.perf_counter() + self._spin.budget
         while not item.done:
             try:
                 frames = self._spin_receive(sock, spin_until)
@@ -447,6 +448,7 @@ class Client:
                     frames = sock.recv_multipart(copy=False)
             except zmq.Again:
                 return False
+            self._spin.waited(time.perf_counter() - item.sent_at)
             self._complete(frames, lookup)
         return True
 
@@ -486,9 +488,10 @@ class Client:
         lookup = {item.rid: item}.get
         reader = pipe.reader
         while not item.done:
-            if not pipe.wait_readable(until - time.monotonic(), self._spin):
+            if not pipe.wait_readable(until - time.monotonic(), self._spin.budget):
                 channel.drop_pipe()  # the server may be gone (restarted): zmq finds out
                 return _PIPE_SILENT
+            self._spin.waited(time.perf_counter() - sent_at)
             reader.read_available()
             for frames in reader.messages():
                 self._complete(frames, lookup)

@@ -31,6 +31,7 @@ from ..channel import (
     DEFAULT_SPIN_US,
     ChannelError,
     ReplyBlocks,
+    Spin,
     pack_message,
     spin_seconds,
 )
@@ -130,6 +131,7 @@ class ServerCore:
         insecure: bool = False,
         quotas: Quotas | None = None,
         spin_us: float = DEFAULT_SPIN_US,
+        stretch_spin: bool | None = None,
         pipeline_depth: int = 1,
     ) -> None:
         if not listen:
@@ -165,7 +167,8 @@ class ServerCore:
                         "for the requests launched after them", pipeline_depth,
                         backend_impl.device)
         self._running: deque[_Running] = deque()  # launched, not replied to (oldest first)
-        self._spin = spin_seconds(spin_us)
+        # Polling for the next request (stretch_spin: see channel/_spin.py; None: by CPUs).
+        self._spin = Spin(spin_seconds(spin_us), stretch_spin)
         self.urls: list[str] = []
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socks: list[zmq.Socket[bytes]] = []
@@ -225,7 +228,8 @@ class ServerCore:
                 for fd in pipes:
                     poller.register(fd, zmq.POLLIN)
             # Just served: poll without sleeping for a while, the next call is likely near.
-            hot = self._queue or self._running or time.perf_counter() - served < self._spin
+            hot = (self._queue or self._running
+                   or time.perf_counter() - served < self._spin.budget)
             ready = dict(poller.poll(0 if hot else POLL_MS))
             for sock in self._socks:
                 if sock in ready:
@@ -237,6 +241,8 @@ class ServerCore:
                 if listener.wake in ready:
                     self._drain_ucx(listener)
             if self._queue or self._running:
+                if not self._running:  # how long the server waited for this request
+                    self._spin.waited(time.perf_counter() - served)
                 self._advance()
                 served = time.perf_counter()
             if not self._running:  # reaping may unmap what running requests still use

@@ -18,7 +18,9 @@ class Server:
     >>> with tw.Server(listen=["ipc:///tmp/tw.sock"]) as server:
     ...     print(server.urls)
 
-    With no listen URL it binds an ipc socket in a fresh private directory.
+    With no listen URL it binds an ipc socket in a fresh private directory. Its polling for
+    the next request keeps to the fixed ``spin_us`` unless ``stretch_spin=True``: a thread
+    that polls longer would hold this process's interpreter from its other threads.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Server:
         elif isinstance(listen, str):
             listen = [listen]
         try:
+            options.setdefault("stretch_spin", False)
             self._core = ServerCore(list(listen), device=device, backend=backend, **options)
         except BaseException:
             if self._tmpdir is not None:  # a bad option leaves no directory behind
