@@ -136,7 +136,7 @@ class ReplyBlocks:
             return None  # the arena is full: the heap, and a frame later
         self._fresh.add(offset)
         buf = channel.s2c.segment.buf[offset : offset + nbytes]
-        return np.frombuffer(buf, dtype=dtype, count=math.prod(shape)).reshape(shape)
+        return np.frombuffer(buf, dtype, math.prod(shape)).reshape(shape)  # positional: faster
 
     def place(self, arr: np.ndarray) -> tuple[Any, str]:
         """Where a result goes: an alias of an arena argument, a fresh s2c block, or a frame."""
