@@ -267,6 +267,29 @@ def test_spin_stays_fixed_when_off_or_zero(monkeypatch: pytest.MonkeyPatch) -> N
     assert stretch_enabled()
 
 
+def test_spin_decided_by_cpus_gives_way_to_a_full_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stretching chosen by the CPU count stops while the load average says every CPU is
+    taken (polling would take cores the work needs); forced on, it keeps stretching."""
+    from tensorwire.channel import _spin
+
+    monkeypatch.delenv("TENSORWIRE_STRETCH_SPIN", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    load = [20.0]
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0))
+    monkeypatch.setattr(_spin, "_LOAD_EVERY_S", 0.0)  # look at the load on every wait
+    monkeypatch.setattr(_spin, "_LOAD", _spin._Load())
+    auto, forced_on = Spin(200e-6), Spin(200e-6, stretch=True)
+    for _ in range(20):
+        auto.waited(1e-3)
+        forced_on.waited(1e-3)
+    assert auto.budget == 200e-6 and forced_on.budget > 1e-3  # 20 runnable on 16 CPUs
+    load[0] = 3.0
+    auto.waited(1e-3)
+    assert auto.budget > 1e-3  # CPUs to spare again
+
+
 def test_stretched_spins_serve_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stretching on both sides changes only when they sleep: calls are answered as ever, and
     each side's running mean follows its waits (down from its start above the cap)."""

@@ -11,34 +11,68 @@ then sleeps. So the CPU spent polling is at most the cap per wait, and only whil
 side answers about as fast as a sleep would wake. BENCHMARKS.md has what it gained and cost
 (`benchmarks/spin.py`).
 
-Stretching is on with four or more usable CPUs: on fewer, a polling client and a polling
-server take the cores the work itself needs. ``TENSORWIRE_STRETCH_SPIN=0`` turns it off,
-``=1`` on, whatever the CPU count; an in-process ``tw.Server`` keeps to its fixed budget.
+Stretching is on with four or more usable CPUs, while the 1-minute load average stays below
+their number: on fewer, or on a machine whose CPUs are all taken (a test suite run with
+many workers, say), a polling client and a polling server take the cores the work itself
+needs. ``TENSORWIRE_STRETCH_SPIN=0`` turns it off, ``=1`` on, whatever the CPUs and the load;
+an in-process ``tw.Server`` keeps to its fixed budget.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 ENV = "TENSORWIRE_STRETCH_SPIN"
 STRETCH_MAX_S = 3e-3  # the longest wait that is polled for
 STRETCH = 1.5  # polled for: this many times the mean recent wait
 _WEIGHT = 0.25  # of the newest wait in the running mean
 _MIN_CPUS = 4
+_LOAD_EVERY_S = 0.5  # how often the load average is looked at again
+
+
+def forced() -> bool | None:
+    """What the environment says: True (=1), False (=0), or None (unset: decide by CPUs)."""
+    value = os.environ.get(ENV, "")
+    if not value:
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def stretch_enabled() -> bool:
     """Whether spins stretch in this process (the environment, else the CPU count)."""
-    forced = os.environ.get(ENV, "")
-    if forced:
-        if forced not in ("0", "1"):
-            raise ValueError(f"{ENV} must be 0 or 1, got {forced!r}")
-        return forced == "1"
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return cpus >= _MIN_CPUS
+    decided = forced()
+    return usable_cpus() >= _MIN_CPUS if decided is None else decided
+
+
+class _Load:
+    """Whether every CPU is taken: the 1-minute load average at least the usable CPUs,
+    looked at no more than every ``_LOAD_EVERY_S`` (shared by this process's waiters)."""
+
+    def __init__(self) -> None:
+        self.cpus, self.busy, self._next = usable_cpus(), False, 0.0
+
+    def full(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + _LOAD_EVERY_S
+            try:
+                self.busy = os.getloadavg()[0] >= self.cpus
+            except OSError:  # no load average here: only the CPU count decides
+                self.busy = False
+        return self.busy
+
+
+_LOAD = _Load()
 
 
 class Spin:
@@ -48,11 +82,14 @@ class Spin:
     waits in a row stretch it. Not locked: threads sharing one may lose an update, which
     only moves the budget a little."""
 
-    __slots__ = ("base", "budget", "_mean", "_stretch")
+    __slots__ = ("base", "budget", "_mean", "_stretch", "_by_load")
 
     def __init__(self, base: float, stretch: bool | None = None) -> None:
         self.base = self.budget = base
-        self._stretch = base > 0 and (stretch_enabled() if stretch is None else stretch)
+        decided = forced() if stretch is None else stretch
+        # Decided here by the CPU count: then the load average has a say too.
+        self._by_load = decided is None
+        self._stretch = base > 0 and (usable_cpus() >= _MIN_CPUS if decided is None else decided)
         self._mean = 2 * STRETCH_MAX_S
 
     def waited(self, seconds: float) -> None:
@@ -60,5 +97,7 @@ class Spin:
         if not self._stretch:
             return
         mean = self._mean = self._mean + _WEIGHT * (min(seconds, 2 * STRETCH_MAX_S) - self._mean)
-        self.budget = (max(self.base, min(STRETCH * mean, STRETCH_MAX_S))
-                       if mean <= STRETCH_MAX_S else self.base)
+        if mean > STRETCH_MAX_S or (self._by_load and _LOAD.full()):
+            self.budget = self.base
+        else:
+            self.budget = max(self.base, min(STRETCH * mean, STRETCH_MAX_S))

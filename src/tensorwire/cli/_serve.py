@@ -81,8 +81,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_SPIN_US,
         metavar="US",
         help="after each request, poll this long for the next before sleeping "
-        "(CPU for latency; 0 turns it off); with 4+ CPUs, as long as recent requests took "
-        "to come, up to 3 ms (TENSORWIRE_STRETCH_SPIN=0 keeps to US)",
+        "(CPU for latency; 0 turns it off); with 4+ CPUs not all busy, as long as recent "
+        "requests took to come, up to 3 ms (TENSORWIRE_STRETCH_SPIN=0 keeps to US)",
     )
     p.add_argument(
         "--pipeline-depth",
