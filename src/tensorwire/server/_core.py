@@ -15,6 +15,7 @@ graph waits for the running requests first.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -219,27 +220,23 @@ class ServerCore:
         self._stop.set()
 
     def serve_forever(self) -> None:
-        poller, pipes, version = self._poller(), {}, -1
+        poller, drains, version = self._poller(), self._drains({}), -1
         served = 0.0
         while not self._stop.is_set():
             if version != self.sessions.version:  # sessions came or went: poll their pipes
-                poller, pipes = self._poller(), self.sessions.pipes()
+                pipes = self.sessions.pipes()
+                poller, drains = self._poller(), self._drains(pipes)
                 version = self.sessions.version
                 for fd in pipes:
                     poller.register(fd, zmq.POLLIN)
             # Just served: poll without sleeping for a while, the next call is likely near.
             hot = (self._queue or self._running
                    or time.perf_counter() - served < self._spin.budget)
-            ready = dict(poller.poll(0 if hot else POLL_MS))
-            for sock in self._socks:
-                if sock in ready:
-                    self._drain(sock)
-            for fd, session in pipes.items():
-                if fd in ready:
-                    self._drain_pipe(session)
-            for listener in self._ucx:
-                if listener.wake in ready:
-                    self._drain_ucx(listener)
+            # Only what is ready is looked at: idle sessions cost a polling loop nothing.
+            for key, _ in poller.poll(0 if hot else POLL_MS):
+                drain = drains.get(key)
+                if drain is not None:
+                    drain()
             if self._queue or self._running:
                 if not self._running:  # how long the server waited for this request
                     self._spin.waited(time.perf_counter() - served)
@@ -251,6 +248,16 @@ class ServerCore:
                 self._auth.reload()
         while self._queue or self._running:  # answer everything accepted before exiting
             self._advance()
+
+    def _drains(self, pipes: dict[int, Session]) -> dict[Any, Callable[[], None]]:
+        """What to call when each polled socket or descriptor is ready."""
+        drains: dict[Any, Callable[[], None]] = {
+            sock: functools.partial(self._drain, sock) for sock in self._socks}
+        for listener in self._ucx:
+            drains[listener.wake] = functools.partial(self._drain_ucx, listener)
+        for fd, session in pipes.items():
+            drains[fd] = functools.partial(self._drain_pipe, session)
+        return drains
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
