@@ -86,10 +86,10 @@ class Spin:
 
     def __init__(self, base: float, stretch: bool | None = None) -> None:
         self.base = self.budget = base
-        decided = forced() if stretch is None else stretch
-        # Decided here by the CPU count: then the load average has a say too.
-        self._by_load = decided is None
-        self._stretch = base > 0 and (usable_cpus() >= _MIN_CPUS if decided is None else decided)
+        self._stretch = base > 0 and (stretch_enabled() if stretch is None else stretch)
+        # Chosen by the CPU count (neither the caller nor the environment said): then the
+        # load average has a say too.
+        self._by_load = stretch is None and forced() is None
         self._mean = 2 * STRETCH_MAX_S
 
     def waited(self, seconds: float) -> None:
