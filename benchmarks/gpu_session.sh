@@ -1,8 +1,8 @@
 #!/bin/bash
 # The device check as one prepared run on a lent GPU machine (as used for BENCHMARKS.md):
-# the environment, benchmarks/gpu_check.py, the GPU tests, benchmarks/cuda_costs.py and
-# cast_threads.py, the seed and IPC rows with stretched spins off and on (and spin.py), then
-# the whole suite while the time budget lasts. Everything lands in
+# the environment, benchmarks/gpu_check.py, its seed and IPC rows with stretched spins off
+# and on (and spin.py), the GPU tests, benchmarks/cuda_costs.py and cast_threads.py, then the
+# whole suite while the time budget lasts. Everything lands in
 # $OUT (default gpu-results/).
 #
 #   OUT=gpu-results BUDGET=400 FULL=1 BENCH=0 bash benchmarks/gpu_session.sh
@@ -35,6 +35,15 @@ cc -O2 -std=gnu11 -fPIC -shared -fvisibility=hidden -o "src/tensorwire/codec/_fa
 cat "$OUT/env.txt"
 echo "=== gpu_check left=$(left)"
 timeout 200 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+echo "=== stretched spins left=$(left)"  # the seed and IPC rows without and with (_spin.py)
+for i in 1 2; do
+  [ "$(left)" -gt 150 ] || break
+  for s in 0 1; do
+    TENSORWIRE_STRETCH_SPIN=$s timeout 90 python3 benchmarks/gpu_check.py --only seed ipc \
+      --json "$OUT/stretch${s}_$i.json" 2>&1 | grep -E "^(seed|ipc) " | sed "s/^/stretch=$s: /"
+  done
+done
+[ "$(left)" -gt 100 ] && timeout 60 python3 benchmarks/spin.py --json "$OUT/spin.json" 2>&1 | tail -7
 echo "=== gpu tests left=$(left)"
 timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 90 -rs -W ignore tests/test_gpu.py \
   tests/test_cuda_ipc.py tests/test_ops.py -k "cuda or gpu or ipc" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
@@ -44,14 +53,6 @@ timeout 90 python3 benchmarks/cuda_costs.py --json "$OUT/cuda_costs.json" \
 echo "=== cast threads left=$(left)"  # the cast pool on a many-CPU host, and whether 8 pay
 timeout 60 python3 benchmarks/cast_threads.py --sizes 4MB,10MB --threads 1,4,8 --rounds 4 \
   --reps 100 --json "$OUT/cast_threads.json" 2>&1 | tee "$OUT/cast_threads.log" | tail -9
-L=$(left); echo "=== stretched spins left=$L"  # the seed and IPC rows with and without (_spin.py)
-if [ "$L" -gt 200 ]; then
-  for i in 1 2; do for s in 0 1; do
-    TENSORWIRE_STRETCH_SPIN=$s timeout 90 python3 benchmarks/gpu_check.py --only seed ipc \
-      --json "$OUT/stretch${s}_$i.json" 2>&1 | grep -E "^(seed|ipc) " | sed "s/^/stretch=$s: /"
-  done; done
-  timeout 60 python3 benchmarks/spin.py --json "$OUT/spin.json" 2>&1 | tail -7
-fi
 if python3 -c "import ucxx" 2>/dev/null; then
   echo "=== ucx tests left=$(left)"
   timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 60 -rs -W ignore \
