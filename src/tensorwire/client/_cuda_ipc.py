@@ -268,7 +268,11 @@ def ipc_results(value: Any, sent: list[Any],
                 refs: list[IpcRef] | None = None) -> Any:
     """A reply to a request with CUDA IPC arguments, as torch CUDA tensors. A reference with
     a handle ("h") is a result the server exported: `open_result` maps it. `refs` are the
-    references the `sent` tensors went as (they say each one's view)."""
+    references the `sent` tensors went as (they say each one's view); without them, each
+    tensor's view is read from torch."""
+    if refs is None:
+        refs = [IpcRef(i, view_fields(t, native_name(t.dtype))) for i, t in enumerate(sent)]
+
     def restore(leaf: Any) -> Any:
         if isinstance(leaf, IpcRef):
             if "h" not in leaf.body:
@@ -294,14 +298,13 @@ def _is_result_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _alias(ref: IpcRef, sent: list[Any], refs: list[IpcRef] | None = None) -> Any:
+def _alias(ref: IpcRef, sent: list[Any], refs: list[IpcRef]) -> Any:
     """The view of a sent tensor's storage that the server's result was; checked first."""
     body = ref.body
     if not 0 <= ref.index < len(sent):
         raise ProtocolError(f"reply aliases CUDA argument {ref.index}; {len(sent)} were sent")
     base = sent[ref.index]
-    if (_is_sent_view(body, refs[ref.index].body) if refs is not None
-            else _is_argument(body, base)):
+    if _is_sent_view(body, refs[ref.index].body):
         # The argument as sent (identity, the usual case): our own tensor is the bounds
         # check. detach() is torch's cheapest new tensor on the same memory and view, and
         # is exact here: a sent tensor never requires grad (exportable detached it).
@@ -320,18 +323,11 @@ def _alias(ref: IpcRef, sent: list[Any], refs: list[IpcRef] | None = None) -> An
 
 def _is_sent_view(body: dict[str, Any], sent: dict[str, Any]) -> bool:
     """Whether an alias describes the argument as its descriptor `sent` gave it (offset in
-    elements there, in bytes here): `_is_argument` without asking torch for the view."""
+    elements there, in bytes here): same dtype, offset, shape and strides. Equal values
+    only: nothing of the body is used when it does."""
     dtype: str = sent["dt"]
     return bool(body.get("sh") == sent["sh"] and body.get("st") == sent["st"]
                 and body.get("dt") == dtype and body.get("off") == sent["off"] * ITEMSIZE[dtype])
-
-
-def _is_argument(body: dict[str, Any], base: Any) -> bool:
-    """Whether an alias describes `base` itself: same dtype, byte offset, shape and strides.
-    Equal values only: nothing of the body is used when it does."""
-    return (body.get("sh") == list(base.shape) and body.get("st") == list(base.stride())
-            and body.get("off") == base.storage_offset() * base.element_size()
-            and body.get("dt") == native_name(base.dtype))
 
 
 def _ints(value: Any) -> list[int] | None:

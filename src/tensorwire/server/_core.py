@@ -220,7 +220,7 @@ class ServerCore:
         self._stop.set()
 
     def serve_forever(self) -> None:
-        poller, drains, version = self._poller(), self._drains({}), -1
+        poller, drains, version = self._poller(), {}, -1  # built with the sessions below
         served = 0.0
         while not self._stop.is_set():
             if version != self.sessions.version:  # sessions came or went: poll their pipes
